@@ -1,0 +1,431 @@
+"""A MongoDB wire proxy that enforces MONGODB-OIDC in front of a server without authentication (nx-27017).
+
+Real pymongo with ``authMechanism="MONGODB-OIDC"`` and an ``OIDC_CALLBACK`` talks to this proxy exactly as it
+would to an Entra-enabled cluster: ``saslStart`` on ``$external`` with the payload ``{"jwt": token}`` is
+answered here after checking the token's RS256 signature, expiry, audience, tenant and principal; commands
+before authentication are refused with 13 (Unauthorized); once the token has expired, or when a test injects
+it, a command gets 391 (ReauthenticationRequired) and the connection must authenticate again. Everything else
+is piped to the upstream server. Compression, speculative authentication and exhaust replies are kept out of
+the conversation so that every request has exactly one reply the proxy can see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import bson
+import jwt
+from bson.errors import BSONError
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from localdev import wire
+
+_log = logging.getLogger(__name__)
+
+# Server error codes (src/mongo/base/error_codes.yml).
+UNAUTHORIZED = 13
+AUTHENTICATION_FAILED = 18
+UNSUPPORTED_OP_QUERY_COMMAND = 352
+REAUTHENTICATION_REQUIRED = 391
+
+_HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
+# Commands a real server answers on a connection that has not authenticated. ping is among them on mongod
+# (it does not require auth), so a proxy refusing it would be stricter than the real thing.
+_NO_AUTH_COMMANDS = _HELLO_COMMANDS | {"saslStart", "saslContinue", "buildInfo", "buildinfo", "endSessions", "ping"}
+# Handshake fields the proxy removes: compression would hide messages from it (OP_COMPRESSED), and
+# speculative authentication would let the upstream answer an authentication that must happen here.
+_STRIPPED_HELLO_FIELDS = ("compression", "speculativeAuthenticate")
+_CLEARED_REQUEST_FLAGS = wire.CHECKSUM_PRESENT | wire.MORE_TO_COME | wire.EXHAUST_ALLOWED
+# Starting the listener and closing connections are quick; a hang here is a bug, not a reason to block a test.
+_LOOP_CALL_TIMEOUT = 10.0
+
+
+AuthReason = Literal[
+    "ok",
+    "expired",
+    "not yet valid",
+    "audience",
+    "signature",
+    "malformed",
+    "tenant",
+    "principal not registered",
+    "mechanism",
+    "no conversation",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthEvent:
+    """One authentication attempt: whether it succeeded, why not, and the token's ``oid`` if it was readable."""
+
+    ok: bool
+    reason: AuthReason
+    principal: str | None
+
+
+@dataclasses.dataclass
+class _Session:
+    """Authentication state of one client connection (used only on the proxy's event loop)."""
+
+    principal: str | None = None
+    expires_at: float = 0.0
+
+
+class OIDCProxy:
+    """Listens on loopback, authenticates MONGODB-OIDC itself, forwards the rest to ``upstream``.
+
+    Runs its own event loop in a daemon thread; counters, events and injections are thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        upstream: tuple[str, int],
+        public_key_pem: bytes,
+        audience: str,
+        tenant_id: str | None = None,
+        allowed_principals: Collection[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.upstream = upstream
+        # Parsed now so that a bad key fails here rather than as "malformed" on every authentication.
+        public_key = load_pem_public_key(public_key_pem)
+        if not isinstance(public_key, RSAPublicKey):
+            raise ValueError("public_key_pem must hold an RSA public key (tokens are RS256)")
+        self._public_key = public_key
+        self.audience = audience
+        self.tenant_id = tenant_id
+        self.allowed_principals = None if allowed_principals is None else frozenset(allowed_principals)
+        self._clock = clock
+        self.address = (host, port)
+        self._lock = threading.Lock()
+        self._auth_events: list[AuthEvent] = []
+        self._reauth_pending = 0
+        self._reauth_commands: frozenset[str] | None = None
+        self._reauth_sent = 0
+        self._sasl_starts = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        # Loop-thread state. Tasks are held only because asyncio keeps weak references to them. Client writers are
+        # tracked too: a connection task cancelled before its first step never runs its own cleanup.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def uri(self) -> str:
+        """Connection string for the proxy (add the OIDC options to it or to MongoClient)."""
+        return f"mongodb://{self.address[0]}:{self.address[1]}/?directConnection=true"
+
+    @property
+    def auth_events(self) -> list[AuthEvent]:
+        """Every authentication attempt, oldest first (a copy)."""
+        with self._lock:
+            return list(self._auth_events)
+
+    @property
+    def reauth_sent(self) -> int:
+        """How many 391 replies were sent (expired tokens and injections)."""
+        with self._lock:
+            return self._reauth_sent
+
+    @property
+    def sasl_starts(self) -> int:
+        """How many ``saslStart`` commands arrived."""
+        with self._lock:
+            return self._sasl_starts
+
+    def inject_reauth(self, count: int = 1, *, commands: Collection[str] | None = None) -> None:
+        """Answer the next ``count`` authenticated commands (only those named in ``commands``, if given) with 391.
+
+        Replaces any injection still pending.
+        """
+        with self._lock:
+            self._reauth_pending = count
+            self._reauth_commands = None if commands is None else frozenset(commands)
+
+    def start(self) -> OIDCProxy:
+        """Start listening; a no-op when already running."""
+        if self._loop is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="oidc-proxy", daemon=True)
+        self._thread.start()
+        listening = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._accept, *self.address), loop)
+        try:
+            server = listening.result(timeout=_LOOP_CALL_TIMEOUT)
+        except BaseException:
+            self.stop()  # e.g. the port is taken: do not leave the loop thread behind
+            raise
+        self._server = server
+        self.address = server.sockets[0].getsockname()[:2]
+        _log.debug("OIDC proxy on %s:%d -> %s:%d", *self.address, *self.upstream)
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection, then end the loop thread; idempotent."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_LOOP_CALL_TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Every task on this private loop belongs to the proxy: connections, and accepts still in progress
+        # (which may start new connections, hence the loop).
+        current = asyncio.current_task()
+        while pending := asyncio.all_tasks() - {current}:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await _close(*self._writers)
+        self._writers.clear()
+        if self._server is not None:
+            await self._server.wait_closed()  # after the connections: since Python 3.12 it waits for them
+            self._server = None
+
+    def __enter__(self) -> OIDCProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """asyncio's callback for a new client connection (a plain function, so the proxy owns the task)."""
+        self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._serve_connection(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_writer: asyncio.StreamWriter | None = None
+        try:
+            upstream = await asyncio.open_connection(*self.upstream)
+            upstream_writer = upstream[1]
+            session = _Session()
+            while True:
+                request = await wire.read_message(reader)
+                reply = await self._dispatch(request, session, upstream)
+                if reply is not None:
+                    writer.write(reply)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # either side hung up: end this connection quietly, as a server does
+        except (OSError, wire.WireError) as exc:
+            _log.warning("OIDC proxy closes a connection: %s", exc)
+        finally:
+            self._writers.discard(writer)
+            await _close(writer, upstream_writer)
+
+    async def _dispatch(
+        self,
+        request: wire.Message,
+        session: _Session,
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> bytes | None:
+        """Answer one client message; ``None`` when the client expects no reply (moreToCome)."""
+        if request.op_code == wire.OP_MSG:
+            msg = wire.decode_op_msg(request)
+            answer = self._check_command(msg.command_name, msg.body, session)
+            if answer is None:
+                body = _strip_hello(msg.body) if msg.command_name in _HELLO_COMMANDS else msg.body
+                flags = msg.flags & ~_CLEARED_REQUEST_FLAGS
+                forwarded = request.raw
+                if body is not msg.body or flags != msg.flags:
+                    forwarded = wire.encode_op_msg(
+                        body, request_id=request.request_id, flags=flags, sequences=msg.sequences
+                    )
+                reply = await _round_trip(upstream, forwarded)
+            else:
+                reply = wire.encode_op_msg(answer, request_id=wire.next_request_id(), response_to=request.request_id)
+            # moreToCome from the client: it reads no reply. Upstream got the flag cleared (nx-27017 parses that
+            # bit as a checksum flag) and answered; that answer is dropped here.
+            return None if msg.flags & wire.MORE_TO_COME else reply
+        if request.op_code == wire.OP_QUERY:
+            query = wire.decode_op_query(request)
+            if query.namespace.endswith(".$cmd") and query.command_name in _HELLO_COMMANDS:
+                stripped = dataclasses.replace(query, query=_strip_hello(query.query))
+                return await _round_trip(upstream, wire.encode_op_query(stripped, request_id=request.request_id))
+            # Servers since 5.1 accept OP_QUERY only for the handshake.
+            answer = _error(UNSUPPORTED_OP_QUERY_COMMAND, "UnsupportedOpQueryCommand", "OP_QUERY is for hello only")
+            return wire.encode_op_reply(answer, request_id=wire.next_request_id(), response_to=request.request_id)
+        raise wire.WireError(f"unsupported opcode {request.op_code}")
+
+    def _check_command(self, name: str, body: Mapping[str, Any], session: _Session) -> dict[str, Any] | None:
+        """The proxy's own answer to a command, or ``None`` to forward it."""
+        if name == "saslStart":
+            return self._sasl_start(body, session)
+        if name == "saslContinue":
+            # Authentication finishes in one step (done: true), so a continuation has nothing to continue.
+            return self._refuse(session, "no conversation", None)
+        if name in _NO_AUTH_COMMANDS:
+            return None
+        if session.principal is None:
+            return _error(UNAUTHORIZED, "Unauthorized", f"command {name} requires authentication")
+        if self._reauth_due(name, session):
+            session.principal = None
+            return _error(REAUTHENTICATION_REQUIRED, "ReauthenticationRequired", "Reauthentication required")
+        return None
+
+    def _reauth_due(self, name: str, session: _Session) -> bool:
+        with self._lock:
+            injected = self._reauth_pending > 0 and (self._reauth_commands is None or name in self._reauth_commands)
+            if injected:
+                self._reauth_pending -= 1
+            due = injected or self._clock() >= session.expires_at
+            if due:
+                self._reauth_sent += 1
+        return due
+
+    def _sasl_start(self, body: Mapping[str, Any], session: _Session) -> dict[str, Any]:
+        with self._lock:
+            self._sasl_starts += 1
+        session.principal = None
+        if body.get("mechanism") != "MONGODB-OIDC" or body.get("$db") != "$external":
+            return self._refuse(session, "mechanism", None)
+        try:
+            token = bson.decode(body["payload"])["jwt"]
+        except (KeyError, TypeError, BSONError):
+            return self._refuse(session, "malformed", None)
+        try:
+            claims = jwt.decode(
+                token,
+                self._public_key,
+                algorithms=["RS256"],
+                # Time and audience are checked below: against the injected clock, and with a precise reason.
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
+            )
+        except jwt.InvalidSignatureError:
+            return self._refuse(session, "signature", None)
+        except jwt.PyJWTError:
+            return self._refuse(session, "malformed", None)
+        principal = claims.get("oid")
+        reason = self._claims_problem(claims)
+        if reason is not None:
+            return self._refuse(session, reason, principal)
+        session.principal, session.expires_at = principal, float(claims["exp"])
+        self._record(AuthEvent(ok=True, reason="ok", principal=principal))
+        return {"conversationId": 1, "done": True, "payload": b"", "ok": 1.0}
+
+    def _claims_problem(self, claims: Mapping[str, Any]) -> AuthReason | None:
+        now = self._clock()
+        exp, nbf, audience = claims.get("exp"), claims.get("nbf", now), claims.get("aud")
+        if not isinstance(exp, int | float) or not isinstance(nbf, int | float) or not claims.get("oid"):
+            return "malformed"
+        if exp <= now:
+            return "expired"
+        if nbf > now:
+            return "not yet valid"
+        if self.audience != audience and not (isinstance(audience, list) and self.audience in audience):
+            return "audience"
+        if self.tenant_id is not None and claims.get("tid") != self.tenant_id:
+            return "tenant"
+        if self.allowed_principals is not None and claims["oid"] not in self.allowed_principals:
+            return "principal not registered"
+        return None
+
+    def _refuse(self, session: _Session, reason: AuthReason, principal: str | None) -> dict[str, Any]:
+        session.principal = None
+        self._record(AuthEvent(ok=False, reason=reason, principal=principal))
+        # Like a real server, the client learns nothing about why; the reason is in auth_events and the log.
+        return _error(AUTHENTICATION_FAILED, "AuthenticationFailed", "Authentication failed.")
+
+    def _record(self, event: AuthEvent) -> None:
+        _log.info("MONGODB-OIDC authentication %s (%s) principal=%s", event.ok, event.reason, event.principal)
+        with self._lock:
+            self._auth_events.append(event)
+
+
+async def _close(*writers: asyncio.StreamWriter | None) -> None:
+    """Close every writer before waiting on any: a cancellation during the wait must not leave one open."""
+    opened = [writer for writer in writers if writer is not None]
+    for writer in opened:
+        writer.close()
+    for writer in opened:
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _error(code: int, code_name: str, message: str) -> dict[str, Any]:
+    return {"ok": 0.0, "errmsg": message, "code": code, "codeName": code_name}
+
+
+def _strip_hello(command: dict[str, Any]) -> dict[str, Any]:
+    """The handshake without the fields the proxy must keep away from upstream (same object if none)."""
+    if not any(field in command for field in _STRIPPED_HELLO_FIELDS):
+        return command
+    return {key: value for key, value in command.items() if key not in _STRIPPED_HELLO_FIELDS}
+
+
+async def _round_trip(upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter], message: bytes) -> bytes:
+    """Send one request upstream and return its single reply (exhaustAllowed was cleared, so there is one)."""
+    reader, writer = upstream
+    writer.write(message)
+    await writer.drain()
+    return (await wire.read_message(reader)).raw
+
+
+def _parse_address(text: str) -> tuple[str, int]:
+    host, separator, port = text.rpartition(":")
+    if not (separator and host and port.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; print the proxy's connection string as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m localdev.oidc_proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, type=_parse_address, metavar="HOST:PORT")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--listen-port", type=int, default=0)
+    parser.add_argument("--audience", required=True, help="expected aud claim (the token resource)")
+    parser.add_argument("--public-key-file", required=True, type=Path, help="PEM key that signs the tokens")
+    parser.add_argument("--tenant", help="expected tid claim")
+    parser.add_argument("--allow", action="append", metavar="OBJECT_ID", help="registered principal (repeatable)")
+    args = parser.parse_args(argv)
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    # Blocked before the loop thread starts, so it inherits the mask and sigwait below receives them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    proxy = OIDCProxy(
+        upstream=args.upstream,
+        public_key_pem=args.public_key_file.read_bytes(),
+        audience=args.audience,
+        tenant_id=args.tenant,
+        allowed_principals=args.allow,
+        host=args.host,
+        port=args.listen_port,
+    )
+    with proxy:
+        print(json.dumps({"uri": proxy.uri}), flush=True)
+        signal.sigwait(stop_signals)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The replicator's logic, usable from Azure Functions (``function_app.py``) and the command line.
+
+Data flows one way: configuration -> clients (auth) -> read -> apply -> checkpoint.
+"""
+
+from __future__ import annotations
+
+from shared.auth.mongo_client import ClientFactory, default_factory, get_client
+from shared.config import MongoConfig, ReplicatorConfig, StreamConfig, get_config, load_config
+from shared.diagnostics import AuthReport, run_test_auth
+from shared.errors import (
+    AuthenticationRefusedError,
+    AuthError,
+    ConfigError,
+    CredentialUnavailableError,
+    ReplicatorError,
+    TokenServiceError,
+    TransientError,
+)
+
+__all__ = [
+    "AuthError",
+    "AuthReport",
+    "AuthenticationRefusedError",
+    "ClientFactory",
+    "ConfigError",
+    "CredentialUnavailableError",
+    "MongoConfig",
+    "ReplicatorConfig",
+    "ReplicatorError",
+    "StreamConfig",
+    "TokenServiceError",
+    "TransientError",
+    "default_factory",
+    "get_client",
+    "get_config",
+    "load_config",
+    "run_test_auth",
+]

@@ -1,0 +1,170 @@
+"""``python -m shared``: the replicator's command line.
+
+Each command is a ``configure_*`` + ``execute_*`` pair. ``main`` is the one place that maps outcomes to exit
+codes: 0 success, 1 a check or run failed, 2 bad usage or configuration. Errors print one line plus a
+``Tip:``; ``--debug`` shows the traceback of unexpected ones. This is the only module that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from shared.auth.mongo_client import ClientFactory
+from shared.clock import SystemClock
+from shared.config import load_config
+from shared.diagnostics import AuthReport, EndpointReport, run_test_auth
+from shared.errors import ConfigError, ReplicatorError
+from shared.redaction import redact_text
+from shared.telemetry import configure_logging
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    configure_logging(level=level, json_lines=args.log_format == "json")
+    execute: Command = args.execute
+    try:
+        return execute(args)
+    except ConfigError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
+        else:
+            _fail(exc)
+        return EXIT_USAGE
+    except ReplicatorError as exc:
+        _fail(exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)
+        print("Tip: run again with --debug to see the traceback", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared", description="MongoDB / Azure DocumentDB change-stream replicator."
+    )
+    parser.add_argument("--debug", action="store_true", help="debug logs, and tracebacks for unexpected errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="informational logs (token acquisition, ...)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format on stderr")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for name, configure, execute, help_text in (
+        ("validate", _configure_validate, execute_validate, "check the configuration file and exit"),
+        ("test-auth", _configure_test_auth, execute_test_auth, "get tokens and ping every endpoint"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        configure(sub)
+        sub.set_defaults(execute=execute)
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML or JSON configuration (default: the REPLICATOR_CONFIG setting)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+# ---------------------------------------------------------------------------------------------- validate
+
+
+def _configure_validate(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
+
+
+def execute_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    endpoints = list(config.endpoints())
+    summary = {
+        "ok": True,
+        "streams": len(config.streams),
+        "enabled_streams": sum(s.enabled for s in config.streams),
+        "endpoints": len(endpoints),
+        "entra_endpoints": sum(e.auth_method == "entra" for _, e in endpoints),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"configuration OK: {summary['streams']} stream(s), {summary['enabled_streams']} enabled; "
+            f"{summary['endpoints']} endpoint(s), {summary['entra_endpoints']} using Entra ID"
+        )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- test-auth
+
+
+def _configure_test_auth(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="how long to try to reach each cluster"
+    )
+
+
+def execute_test_auth(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    factory = ClientFactory(client_options={"serverSelectionTimeoutMS": int(args.timeout * 1000)})
+    try:
+        report = run_test_auth(config, factory, clock=SystemClock())
+    finally:
+        factory.close()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_report(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def render_report(report: AuthReport) -> str:
+    """The human form of a test-auth report: one block per endpoint, failures with a Tip."""
+    blocks = [_render_endpoint(e) for e in report.endpoints]
+    failed = sum(not e.ok for e in report.endpoints)
+    verdict = "all endpoints OK" if not failed else f"{failed} of {len(report.endpoints)} endpoint(s) FAILED"
+    return "\n\n".join([*blocks, verdict])
+
+
+def _render_endpoint(e: EndpointReport) -> str:
+    lines = [f"[{'ok' if e.ok else 'FAIL'}] {e.name}  {e.target}"]
+    if e.token is None:
+        lines.append("    auth   connection string")
+    else:
+        t = e.token
+        lines.append(f"    auth   entra via {t.credential}")
+        if t.acquired:
+            lines.append(
+                f"    token  acquired in {t.duration_ms} ms; audience {t.audience}; tenant {t.tenant_id}; "
+                f"principal (object id) {t.principal_id}; expires in {t.expires_in_s} s"
+            )
+            lines.extend(f"    token  PROBLEM: {p}" for p in t.problems)
+        else:
+            lines.extend(_error_lines("token", t.error, t.hint))
+    p = e.ping
+    if p.ok:
+        lines.append(f"    ping   ok in {p.duration_ms} ms")
+    else:
+        lines.extend(_error_lines("ping", p.error, p.hint, skipped=p.skipped))
+    return "\n".join(lines)
+
+
+def _error_lines(step: str, error: str | None, hint: str | None, *, skipped: bool = False) -> list[str]:
+    out = [f"    {step:<6} {'skipped' if skipped else 'FAILED'}: {error}"]
+    if hint:
+        out.append(f"           Tip: {hint}")
+    return out
+
+
+def _fail(exc: ReplicatorError) -> None:
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"Tip: {exc.hint}", file=sys.stderr)

@@ -1,0 +1,164 @@
+"""Fakes of our own interfaces (clock, token source, metrics reader) shared by the test modules.
+
+Stand-ins for what cannot run here (the managed identity endpoint, an OIDC-enforcing server) live in
+``localdev``; this file only holds in-memory fakes and small helpers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from localdev.stack import LocalStack
+from shared.auth.credentials import AccessToken
+from shared.telemetry import AuthMetrics
+
+TENANT = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+PRINCIPAL = "99999999-8888-7777-6666-555555555555"
+
+
+class FakeClock:
+    """Wall and monotonic time that only move when a test (or a backoff sleep) moves them."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self.mono = 1000.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+@dataclass
+class FakeTokenSource:
+    """A token source scripted by a list of outcomes (an exception to raise, or a lifetime in seconds)."""
+
+    clock: FakeClock
+    outcomes: list[Exception | float] = field(default_factory=list)
+    default_lifetime: float = 3600.0
+    kind: str = "managed_identity"
+    description: str = "fake managed identity"
+    calls: list[bool] = field(default_factory=list)  # the ``fresh`` flag of each call
+    gate: threading.Event | None = None  # when set, fetch waits for it (to pile up concurrent callers)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fetch(self, scope: str, *, fresh: bool) -> AccessToken:
+        with self._lock:
+            self.calls.append(fresh)
+            n = len(self.calls)
+            outcome = self.outcomes.pop(0) if self.outcomes else self.default_lifetime
+        if self.gate is not None:
+            self.gate.wait(10)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return AccessToken(f"token-{n}", self.clock.time() + outcome)
+
+
+class Metrics:
+    """An ``AuthMetrics`` on a private meter provider, with a helper to read a counter back."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.auth = AuthMetrics(MeterProvider(metric_readers=[self.reader]).get_meter("test"))
+
+    def value(self, name: str, **attributes: Any) -> float:
+        total = 0.0
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name != name:
+                        continue
+                    for point in metric.data.data_points:
+                        attrs = dict(point.attributes or {})
+                        if all(attrs.get(k) == v for k, v in attributes.items()):
+                            total += getattr(point, "value", None) or getattr(point, "count", 0) or 0
+        return total
+
+    def names(self) -> set[str]:
+        data = self.reader.get_metrics_data()
+        return {m.name for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics for m in sm.metrics}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def run_threads() -> Callable[[int, Callable[[], Any]], list[Any]]:
+    """Run a function in N threads at once and return their results (exceptions are returned, not raised)."""
+
+    def run(n: int, fn: Callable[[], Any]) -> list[Any]:
+        results: list[Any] = [None] * n
+        start = threading.Barrier(n)
+
+        def worker(i: int) -> None:
+            start.wait()
+            try:
+                results[i] = fn()
+            except Exception as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return results
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- stand-ins
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
+    """nx-27017 behind the OIDC proxy, tokens from the managed identity stub (environment set for MSAL)."""
+    with LocalStack(tmp_path / "stack") as started:
+        for name, value in started.environ().items():
+            monkeypatch.setenv(name, value)
+        yield started
+
+
+def write_config(directory: Path, data: dict[str, Any]) -> Path:
+    path = directory / "replicator.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def stack_config(stack: LocalStack, **stream_overrides: Any) -> dict[str, Any]:
+    """Checkpoints and a stream's source through the proxy with Entra; the estuary with a plain URI."""
+    stream = {
+        "name": "orders",
+        "source": stack.entra_endpoint("shop", "orders"),
+        "estuary": stack.plain_endpoint("replica", "orders"),
+        **stream_overrides,
+    }
+    return {"checkpoints": stack.entra_endpoint("replicator"), "streams": [stream]}

@@ -6,7 +6,8 @@ Data flows one way: configuration -> clients (auth) -> read -> apply -> checkpoi
 from __future__ import annotations
 
 from shared.auth.mongo_client import ClientFactory, default_factory, get_client
-from shared.config import MongoConfig, ReplicatorConfig, StreamConfig, get_config, load_config
+from shared.config import MongoConfig, ReplicatorConfig, StreamConfig
+from shared.config_loader import get_config, load_config
 from shared.diagnostics import AuthReport, run_test_auth
 from shared.errors import (
     AuthenticationRefusedError,

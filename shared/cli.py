@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
-from shared.config import load_config
+from shared.config_loader import load_config
 from shared.diagnostics import AuthReport, EndpointReport, run_test_auth
 from shared.errors import ConfigError, ReplicatorError
 from shared.redaction import redact_text

@@ -6,45 +6,35 @@ inherits. Every endpoint is one flat ``MongoConfig``. String values may referenc
 variables as ``${NAME}`` so that connection strings with passwords can live in Key Vault references instead of
 the file.
 
-Configuration is built by ``load_config`` / ``get_config`` when first needed, never at import time: a
-validation error during import would make every function disappear from the Functions host.
+Reading a file, expanding ``${NAME}``, merging ``defaults:`` and turning validation errors into messages
+is ``config_loader``'s job.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import json
-import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from typing import Annotated, Literal, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from shared import mongo_uri
 from shared.auth.scopes import DOCUMENTDB_SCOPE, scope_problem
-from shared.errors import ConfigError
-
-CONFIG_SETTING = "REPLICATOR_CONFIG"
 
 AuthMethod = Literal["connection_string", "entra"]
 CredentialKind = Literal["auto", "managed_identity", "developer"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BAD_DATABASE_CHARS = set('/\\. "$*<>:|?')
 
@@ -64,8 +54,11 @@ def parse_duration(value: object) -> object:
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
-class _FieldProblems(ValueError):  # noqa: N818 (carries problems through pydantic; never reaches a user)
-    """Several ``field: message`` problems found by one model validator, paths relative to that model."""
+class FieldProblems(ValueError):  # noqa: N818 (carries problems through pydantic; never reaches a user)
+    """Several ``field: message`` problems found by one model validator, paths relative to that model.
+
+    ``config_loader`` unpacks them into one ``path: message`` line each.
+    """
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
@@ -87,7 +80,8 @@ class MongoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_uri: str = Field(
-        description="mongodb:// or mongodb+srv:// URI. With auth_method 'entra' it must carry no user or password."
+        description="mongodb:// or mongodb+srv:// URI; may reference app settings as ${NAME}. With 'entra' it must "
+        "hold no user, password or auth options."
     )
     database: str | None = Field(None, description="Database name (required for stream endpoints and checkpoints).")
     collection: str | None = Field(None, description="Collection name (required for stream endpoints).")
@@ -108,15 +102,22 @@ class MongoConfig(BaseModel):
     )
     scopes: tuple[str, ...] = Field(
         (DOCUMENTDB_SCOPE,),
-        description="Token scope (exactly one). Azure DocumentDB expects the ossrdbms-aad scope (the default).",
+        description="Token scope: exactly one, ending in /.default. The default is what Azure DocumentDB expects; "
+        "audiences of other Azure services (ARM, Storage, Key Vault, Graph, SQL, Cosmos DB for NoSQL) are rejected; "
+        "api:// and application-id audiences are allowed.",
     )
     refresh_before_expiry: Duration = Field(
-        300.0, le=3600.0, description="Fetch a new token when the cached one expires within this time."
+        300.0,
+        le=3600.0,
+        description="Fetch a new token when the cached one expires within this time (within half its "
+        "lifetime for tokens shorter than twice this).",
     )
     auth_timeout: Duration = Field(30.0, description="Upper bound of one token request (connect and read).")
     retry_max_attempts: int = Field(3, ge=1, le=10, description="Token requests per fetch, first one included.")
     retry_initial_delay: Duration = Field(1.0, description="Backoff before the first retry of a token request.")
-    retry_max_delay: Duration = Field(10.0, description="Upper bound of the backoff between token requests.")
+    retry_max_delay: Duration = Field(
+        10.0, description="Upper bound of the backoff between token requests; not below retry_initial_delay."
+    )
     retry_multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Backoff growth factor between retries.")
 
     @field_validator("connection_uri")
@@ -170,7 +171,7 @@ class MongoConfig(BaseModel):
         if self.retry_max_delay < self.retry_initial_delay:
             problems.append(("retry_max_delay", "must not be smaller than retry_initial_delay"))
         if problems:
-            raise _FieldProblems(problems)
+            raise FieldProblems(problems)
         return self
 
     def _entra_problems(self) -> Iterator[tuple[str, str]]:
@@ -245,7 +246,7 @@ class StreamConfig(BaseModel):
         if not problems and _same_collection(self.source, self.estuary):
             problems.append(("estuary", "is the source collection itself; replicating onto itself would loop"))
         if problems:
-            raise _FieldProblems(problems)
+            raise FieldProblems(problems)
         return self
 
 
@@ -261,14 +262,14 @@ class ReplicatorConfig(BaseModel):
     @classmethod
     def _checkpoint_database(cls, checkpoints: MongoConfig) -> MongoConfig:
         if checkpoints.database is None:
-            raise _FieldProblems([("database", "is required for the checkpoint store")])
+            raise FieldProblems([("database", "is required for the checkpoint store")])
         return checkpoints
 
     @model_validator(mode="after")
     def _cross_stream_rules(self) -> ReplicatorConfig:
         problems = [*self._duplicate_names(), *self._token_setting_conflicts()]
         if problems:
-            raise _FieldProblems(problems)
+            raise FieldProblems(problems)
         return self
 
     def endpoints(self) -> Iterator[tuple[str, MongoConfig]]:
@@ -312,199 +313,51 @@ def _same_collection(a: MongoConfig, b: MongoConfig) -> bool:
     )
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ---------------------------------------------------------------------------------------------- reference
 
 
-def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> ReplicatorConfig:
-    """Read, expand and validate the configuration, or raise ``ConfigError`` listing every problem.
-
-    ``path`` wins; otherwise the ``REPLICATOR_CONFIG`` setting holds a file path or inline JSON.
-    """
-    env = os.environ if environ is None else environ
-    text, source = _read_source(path, env)
-    raw = _parse(text, source)
-    problems: list[str] = []
-    expanded = _expand_env(raw, env, "", problems)
-    merged, inherited = _apply_defaults(expanded, problems)
-    if problems:
-        raise ConfigError(problems, source=source)
-    try:
-        return ReplicatorConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, inherited), source=source) from None
+def config_reference() -> str:
+    """The configuration reference as Markdown tables, generated from the models (the README embeds it)."""
+    sections = (
+        ("Top level", ReplicatorConfig),
+        ("`streams[]`", StreamConfig),
+        ("Every endpoint (`checkpoints`, `streams[].source`, `streams[].estuary`, and `defaults`)", MongoConfig),
+    )
+    out: list[str] = []
+    for title, model in sections:
+        out += [f"#### {title}", "", "| field | default | rules | meaning |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            out.append(f"| `{name}` | {_default_text(field)} | {_rules_text(field)} | {field.description or ''} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
 
 
-@functools.cache
-def get_config() -> ReplicatorConfig:
-    """The app's configuration from the ``REPLICATOR_CONFIG`` setting, validated once per process."""
-    return load_config()
+def _is_duration(field: FieldInfo) -> bool:
+    return any(getattr(m, "func", None) is parse_duration for m in field.metadata)
 
 
-def _read_source(path: str | Path | None, env: Mapping[str, str]) -> tuple[str, str]:
-    if path is None:
-        setting = env.get(CONFIG_SETTING, "").strip()
-        if not setting:
-            raise ConfigError(
-                ["no configuration given"],
-                hint=f"pass --config FILE, or set the app setting {CONFIG_SETTING} to a file path or inline JSON",
-            )
-        if setting.startswith("{"):
-            return setting, f"{CONFIG_SETTING} (inline JSON)"
-        path = setting
-    file = Path(path)
-    try:
-        return file.read_text(encoding="utf-8"), str(file)
-    except FileNotFoundError:
-        raise ConfigError(
-            [f"file not found: {file}"], hint="check the path (relative paths start at the current directory)"
-        ) from None
-    except OSError as exc:
-        raise ConfigError([f"cannot read {file}: {exc.strerror}"]) from None
+def _default_text(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = field.default
+    if value is None:
+        return "—"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`" + (" s" if _is_duration(field) else "")
 
 
-def _parse(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            [f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"], source=source
-        ) from None
-    except yaml.YAMLError as exc:
-        # Never echo the offending line: it may hold a connection string with a password.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            [f"not valid YAML{where}: {getattr(exc, 'problem', None) or 'syntax error'}"], source=source
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(["the top level must be a mapping with 'checkpoints:' and 'streams:'"], source=source)
-    return data
-
-
-def _expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    """Replace ``${NAME}`` in every string with the app setting / environment variable ``NAME``."""
-    if isinstance(value, dict):
-        return {k: _expand_env(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def _lookup(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in env:
-            problems.append(f"{path}: references ${{{name}}}, but the setting / environment variable {name} is not set")
-            return ""
-        return env[name]
-
-    return _ENV_REFERENCE.sub(_lookup, value)
-
-
-def _apply_defaults(raw: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any], set[tuple[str | int, ...]]]:
-    """Merge ``defaults:`` into every endpoint; return the merged data and which locations were inherited."""
-    data = dict(raw)
-    defaults = data.pop("defaults", None) or {}
-    inherited: set[tuple[str | int, ...]] = set()
-    if not isinstance(defaults, dict):
-        problems.append("defaults: must be a mapping of endpoint fields")
-        return data, inherited
-    for key in defaults:
-        if key not in MongoConfig.model_fields:
-            problems.append(f"defaults.{key}: unknown field{_did_you_mean(str(key))}")
-
-    def _merge(endpoint: Any, loc: tuple[str | int, ...]) -> Any:
-        if not isinstance(endpoint, dict):
-            return endpoint
-        inherited.update((*loc, key) for key in defaults if key not in endpoint)
-        return {**defaults, **endpoint}
-
-    data["checkpoints"] = _merge(data.get("checkpoints"), ("checkpoints",)) if "checkpoints" in data else None
-    if data["checkpoints"] is None:
-        del data["checkpoints"]
-    streams = data.get("streams")
-    if isinstance(streams, list):
-        data["streams"] = [
-            {
-                **s,
-                **{role: _merge(s.get(role), ("streams", i, role)) for role in ("source", "estuary") if role in s},
-            }
-            if isinstance(s, dict)
-            else s
-            for i, s in enumerate(streams)
-        ]
-    return data, inherited
-
-
-_MESSAGES = {
-    "missing": "is required",
-    "string_type": "must be a string",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "tuple_type": "must be a list",
-    "list_type": "must be a list",
-    "model_type": "must be a mapping",
-    "dict_type": "must be a mapping",
-}
-
-
-def _describe(exc: ValidationError, inherited: set[tuple[str | int, ...]]) -> list[str]:
-    """Turn pydantic's errors into ``path: message`` lines a person can act on (inputs are never echoed)."""
-    lines: list[str] = []
-    errors = exc.errors(include_url=False)
-    for error in errors:
-        loc = tuple(error["loc"])
-        if error["type"] == "too_short" and any(tuple(e["loc"])[: len(loc)] == loc != tuple(e["loc"]) for e in errors):
-            continue  # pydantic also calls a list "too short" when its only items were invalid
-        where = _format_loc(loc)
-        kind = error["type"]
-        ctx = error.get("ctx") or {}
-        if isinstance(ctx.get("error"), _FieldProblems):
-            for path, message in ctx["error"].problems:
-                full = loc + tuple(path.split("."))
-                note = f" (inherited from defaults.{full[-1]})" if full in inherited else ""
-                lines.append(f"{_format_loc(loc)}.{path}: {message}{note}" if loc else f"{path}: {message}{note}")
-            continue
-        if kind == "value_error":
-            message = str(ctx.get("error", error["msg"]))
-        elif kind == "extra_forbidden":
-            message = f"unknown field{_did_you_mean(str(loc[-1]))}"
-        elif kind == "literal_error":
-            message = f"must be {ctx.get('expected')}"
-            if isinstance(error.get("input"), str) and len(error["input"]) < 40:
-                message += f" (got {error['input']!r})"
-        elif kind == "greater_than":
-            message = "must be positive" if ctx.get("gt") == 0 else f"must be greater than {ctx.get('gt')}"
-        elif kind == "greater_than_equal":
-            message = f"must be at least {ctx.get('ge')}"
-        elif kind == "less_than_equal":
-            message = f"must be at most {ctx.get('le')}"
-        elif kind == "too_short":
-            message = "must not be empty"
-        else:
-            message = _MESSAGES.get(kind, error["msg"][:1].lower() + error["msg"][1:])
-        if loc in inherited:
-            message += f" (inherited from defaults.{loc[-1]})"
-        lines.append(f"{where}: {message}")
-    return lines
-
-
-def _format_loc(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _did_you_mean(name: str) -> str:
-    known = {
-        *MongoConfig.model_fields,
-        *StreamConfig.model_fields,
-        *ReplicatorConfig.model_fields,
-        "defaults",
-    }
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _rules_text(field: FieldInfo) -> str:
+    rules = ["duration (`30s`, `5m`, `1h`, `500ms` or seconds)"] if _is_duration(field) else []
+    for attr, sign in (("gt", ">"), ("ge", "≥"), ("le", "≤"), ("min_length", "items ≥")):
+        for meta in field.metadata:
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                rules.append(f"{sign} {int(bound) if float(bound).is_integer() else bound}")
+    if get_origin(field.annotation) is Literal:
+        rules.append("one of " + ", ".join(f"`{v}`" for v in get_args(field.annotation)))
+    return "; ".join(rules)

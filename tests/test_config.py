@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from shared.auth.scopes import DOCUMENTDB_SCOPE
-from shared.config import load_config
+from shared.config_loader import load_config
 from shared.errors import ConfigError
 from tests.conftest import CLIENT_ID, TENANT
 

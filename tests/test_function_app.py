@@ -11,7 +11,7 @@ import pytest
 
 import function_app
 from shared.auth.mongo_client import default_factory
-from shared.config import get_config
+from shared.config_loader import get_config
 from tests.conftest import stack_config, write_config
 
 

@@ -1,0 +1,16 @@
+"""Rewrite the configuration reference in README.md from the pydantic models (tests fail when it is stale)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared.config import config_reference
+
+MARKERS = re.compile(r"<!-- config-reference:start -->\n.*?<!-- config-reference:end -->", re.DOTALL)
+README = Path(__file__).resolve().parent.parent / "README.md"
+block = f"<!-- config-reference:start -->\n{config_reference()}<!-- config-reference:end -->"
+README.write_text(MARKERS.sub(lambda _: block, README.read_text()))

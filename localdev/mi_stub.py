@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from localdev.service import Service
 
 _log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("%s %s", self.address_string(), format % args)
 
 
-class ManagedIdentityStub:
+class ManagedIdentityStub(Service):
     """The managed identity endpoint of an app with the given identities, served on loopback.
 
     ``identities`` maps a user-assigned identity's client id to its principal (object) id; the key ``None``
@@ -286,17 +287,6 @@ class ManagedIdentityStub:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def __enter__(self) -> ManagedIdentityStub:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _error(status: HTTPStatus, message: str) -> _Reply:

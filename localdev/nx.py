@@ -17,11 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+
+from localdev.service import Service
 
 _log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _free_port(host: str) -> int:
         return port
 
 
-class NxServer:
+class NxServer(Service):
     """One nx-27017 server process with its own data directory; stays on the same port across restarts."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
@@ -175,14 +176,3 @@ class NxServer:
             with contextlib.suppress(OSError):
                 self._console.close()
             self._console = None
-
-    def __enter__(self) -> NxServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import bson
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from localdev import wire
+from localdev.service import Service
 
 _log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Session:
     expires_at: float = 0.0
 
 
-class OIDCProxy:
+class OIDCProxy(Service):
     """Listens on loopback, authenticates MONGODB-OIDC itself, forwards the rest to ``upstream``.
 
     Runs its own event loop in a daemon thread; counters, events and injections are thread-safe.
@@ -205,17 +205,6 @@ class OIDCProxy:
         if self._server is not None:
             await self._server.wait_closed()  # after the connections: since Python 3.12 it waits for them
             self._server = None
-
-    def __enter__(self) -> OIDCProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """asyncio's callback for a new client connection (a plain function, so the proxy owns the task)."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from localdev.mi_stub import ManagedIdentityStub
 from localdev.nx import NxServer
 from localdev.oidc_proxy import OIDCProxy
+from localdev.service import Service
 from shared.auth.scopes import DOCUMENTDB_RESOURCE
 
 TENANT_ID = "72f988bf-0000-4000-8000-00000000cafe"
@@ -24,7 +24,7 @@ CLIENT_ID = "5a6b7c8d-0000-4000-8000-0000000000a1"  # the user-assigned identity
 PRINCIPAL_ID = "0b1c2d3e-0000-4000-8000-0000000000b2"  # ... and its object (principal) id
 
 
-class LocalStack:
+class LocalStack(Service):
     """Starts (and stops) the three stand-ins; hands out config blocks for endpoints behind them."""
 
     def __init__(
@@ -91,11 +91,3 @@ class LocalStack:
         if collection is not None:
             block["collection"] = collection
         return block
-
-    def __enter__(self) -> LocalStack:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.stop()

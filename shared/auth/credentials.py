@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 _log = get_logger(__name__)
 
-# MSAL, inside azure-identity, answers a repeated managed identity request from its own cache for 5 s after a
-# 429/5xx (or for Retry-After seconds): retrying sooner would not even reach the endpoint.
+# MSAL, inside azure-identity, answers a repeated managed identity request from its own cache for Retry-After
+# seconds after a 429/5xx, or 5 s without one (msal/throttled_http_client.py): a sooner retry never reaches the
+# endpoint.
 _MSAL_THROTTLE_SECONDS = 5.0
 _CONNECT_TIMEOUT_CAP = 10.0
 _MI_DOCS = "https://learn.microsoft.com/azure/app-service/overview-managed-identity"
@@ -143,7 +144,7 @@ class ManagedIdentitySource:
             return TokenServiceError(
                 f"the managed identity endpoint failed (HTTP {status}): {detail}",
                 hint="usually passes; if it persists, check the Function App's health",
-                retry_after=max(_retry_after(getattr(self._last, "retry_after", None)), _MSAL_THROTTLE_SECONDS),
+                retry_after=_retry_after(getattr(self._last, "retry_after", None)),
             )
         if status is not None and status >= 400:
             return AuthenticationRefusedError(
@@ -210,10 +211,11 @@ def _fresh_token_claims() -> str:
 
 
 def _retry_after(value: str | None) -> float:
+    """Seconds until a retry can reach the endpoint: its Retry-After, else MSAL's default throttle window."""
     try:
-        return float(value) if value else 0.0
+        return float(value) if value else _MSAL_THROTTLE_SECONDS
     except ValueError:
-        return 0.0
+        return _MSAL_THROTTLE_SECONDS
 
 
 def _service_message(body: str) -> str:

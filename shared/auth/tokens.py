@@ -105,13 +105,13 @@ class TokenProvider:
                     self._cached = None
         if reason is not None:
             self._lead(flight, reason, fresh=reject is not None)
-        return flight.result()
-
-    def invalidate(self, token: str | None = None) -> None:
-        """Drop the cached token (only if it is ``token``, when given)."""
-        with self._lock:
-            if self._cached and (token is None or self._cached.token.token == token):
-                self._cached = None
+            return flight.result()
+        token = flight.result()
+        if reject is not None and token.token == reject:
+            # We joined a refresh that did not bypass the source's cache and it returned the refused token:
+            # now it is cached, so asking again starts a forced ("rejected") refresh.
+            return self.get_token(reject=reject)
+        return token
 
     def _lead(self, flight: Future[AccessToken], reason: RefreshReason, *, fresh: bool) -> None:
         """Fetch for everyone waiting on ``flight``; followers get the same token or the same error."""

@@ -68,19 +68,20 @@ def test_server_error_should_be_transient_and_wait_out_msals_throttle(stub):
     assert info.value.retry_after == 5.0
 
 
-def test_throttling_should_honour_a_longer_retry_after(stub):
-    stub.fail_next(1, 429, retry_after=7)
+@pytest.mark.parametrize("seconds", [2, 7])
+def test_throttling_should_wait_for_the_endpoints_retry_after(stub, seconds):
+    stub.fail_next(1, 429, retry_after=seconds)
     with pytest.raises(TokenServiceError) as info:
         source().fetch(DOCUMENTDB_SCOPE, fresh=False)
-    assert info.value.retry_after == 7.0
+    assert info.value.retry_after == float(seconds)
 
 
 def test_a_slow_endpoint_should_time_out_as_a_transient_error(stub):
-    stub.delay_next(1, 2.0)
+    stub.delay_next(1, 5.0)
     started = time.monotonic()
     with pytest.raises(TokenServiceError, match="did not answer"):
         source(timeout=0.3).fetch(DOCUMENTDB_SCOPE, fresh=False)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0  # gave up long before the 5 s answer
 
 
 def test_provider_should_retry_a_5xx_for_real_once_msals_throttle_window_has_passed(stub, metrics: Metrics):

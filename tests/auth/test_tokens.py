@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
+from shared.auth.credentials import AccessToken
 from shared.auth.tokens import RetryPolicy, TokenProvider
 from shared.errors import AuthenticationRefusedError, CredentialUnavailableError, TokenServiceError
 from tests.conftest import FakeClock, FakeTokenSource, Metrics
@@ -161,14 +163,32 @@ def test_provider_should_treat_unexpected_exceptions_as_transient(clock, metrics
     assert metrics.value("replicator_mongo_auth_failures_total", error_type="TokenServiceError") == 1
 
 
-def test_provider_should_fetch_again_when_invalidated(clock, metrics):
-    source = FakeTokenSource(clock)
+class CachingSource(FakeTokenSource):
+    """Like a credential with its own cache: an unforced fetch returns the same token until forced."""
+
+    def fetch(self, scope: str, *, fresh: bool) -> AccessToken:
+        with self._lock:
+            self.calls.append(fresh)
+        if self.gate is not None and len(self.calls) > 1:
+            self.gate.wait(10)
+        return AccessToken("fresh" if fresh else "cached", self.clock.time() + 3600)
+
+
+def test_provider_should_force_a_refresh_when_a_joined_refresh_returned_the_rejected_token(clock, metrics):
+    gate = threading.Event()
+    source = CachingSource(clock, gate=gate)
     provider = make_provider(source, clock, metrics)
-    first = provider.get_token()
-    provider.invalidate("some-other-token")
-    assert provider.get_token() is first
-    provider.invalidate(first.token)
-    assert provider.get_token() is not first
+    assert provider.get_token().token == "cached"
+    clock.advance(3600 - 200)  # inside the refresh buffer: the next caller refreshes, unforced
+    expiring = threading.Thread(target=provider.get_token)
+    expiring.start()
+    while len(source.calls) < 2:  # the unforced refresh is under way, held at the gate
+        time.sleep(0.01)
+    threading.Timer(0.2, gate.set).start()
+    replacement = provider.get_token(reject="cached")  # joins it; it returns the refused token again
+    expiring.join(10)
+    assert replacement.token == "fresh"
+    assert source.calls == [False, False, True]
 
 
 def test_provider_should_record_duration_and_attempt_metrics_under_their_feature_list_names(clock, metrics):

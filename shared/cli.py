@@ -111,8 +111,18 @@ def execute_validate(args: argparse.Namespace) -> int:
 def _configure_test_auth(parser: argparse.ArgumentParser) -> None:
     _add_config(parser)
     parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="how long to try to reach each cluster"
+        "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="how long to try to reach each cluster"
     )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def execute_test_auth(args: argparse.Namespace) -> int:

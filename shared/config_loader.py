@@ -130,9 +130,8 @@ def _apply_defaults(raw: dict[str, Any], problems: list[str]) -> tuple[dict[str,
         inherited.update((*loc, key) for key in defaults if key not in endpoint)
         return {**defaults, **endpoint}
 
-    data["checkpoints"] = _merge(data.get("checkpoints"), ("checkpoints",)) if "checkpoints" in data else None
-    if data["checkpoints"] is None:
-        del data["checkpoints"]
+    if "checkpoints" in data:
+        data["checkpoints"] = _merge(data["checkpoints"], ("checkpoints",))
     streams = data.get("streams")
     if isinstance(streams, list):
         data["streams"] = [

@@ -128,3 +128,10 @@ def test_the_real_entry_point_should_exit_with_usage_codes_and_no_traceback(tmp_
     )
     assert result.returncode == code
     assert "Traceback" not in result.stderr
+
+
+def test_test_auth_should_refuse_a_non_positive_timeout_as_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["test-auth", "--timeout", "-1", "--config", str(bad_config(tmp_path))])
+    assert info.value.code == 2
+    assert "must be a positive number of seconds, not '-1'" in capsys.readouterr().err

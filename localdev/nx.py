@@ -100,8 +100,14 @@ class NxServer(Service):
             "--log-file",
             str(self.log_file),
         ]
+        # A session of its own: a terminal's Ctrl-C reaches the whole foreground process group, and the server
+        # must not die before its owner has finished with it (the owner stops it).
         process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            command, stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._process = process
         # A safety net for callers that forget stop(): never leave a server behind when the interpreter exits.

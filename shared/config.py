@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from typing import Annotated, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -31,6 +31,9 @@ from shared import mongo_uri
 from shared.auth.scopes import DOCUMENTDB_SCOPE, scope_problem
 
 AuthMethod = Literal["connection_string", "entra"]
+FullDocument = Literal["updateLookup", "whenAvailable", "required", "default"]
+# https://learn.microsoft.com/azure/documentdb/change-streams: the pipeline stages a change stream accepts.
+_ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset"})
 CredentialKind = Literal["auto", "managed_identity", "developer"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -218,6 +221,27 @@ class MongoConfig(BaseModel):
         )
 
 
+class TransformConfig(BaseModel):
+    """Field mapping applied to each document before it is written to the estuary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rename: dict[str, str] = Field(default_factory=dict, description="Top-level fields to rename: {old: new}.")
+    drop: tuple[str, ...] = Field((), description="Top-level fields to leave out of the estuary.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> TransformConfig:
+        names = [*self.rename, *self.rename.values(), *self.drop]
+        problems = [
+            (n, "must be a top-level field name (no '.', not starting with '$')") for n in names if _bad_field(n)
+        ]
+        if "_id" in names:
+            problems.append(("_id", "cannot be renamed or dropped: the estuary is keyed by it"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+
 class StreamConfig(BaseModel):
     """One replicated collection: source change stream -> estuary collection."""
 
@@ -227,6 +251,56 @@ class StreamConfig(BaseModel):
     enabled: bool = Field(True, description="Disabled streams are validated but not replicated.")
     source: MongoConfig = Field(description="The collection whose change stream is read.")
     estuary: MongoConfig = Field(description="The collection the changes are applied to.")
+    pipeline: tuple[dict[str, Any], ...] = Field(
+        (),
+        description="Change-stream stages; only $match, $project, $addFields, $set, $unset (what DocumentDB allows).",
+    )
+    full_document: FullDocument = Field(
+        "updateLookup", description="Post-image for update events (DocumentDB sends it on updates in any case)."
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="Most events applied (and checkpointed) at once.")
+    time_budget: Duration = Field(
+        240.0, le=3600.0, description="A pass ends after this long; fits the Consumption plan's 5-minute default."
+    )
+    idle_timeout: Duration = Field(30.0, description="A pass ends after this long without events.")
+    poll_interval: Duration = Field(1.0, le=60.0, description="How long one read waits for new events.")
+    lease_duration: Duration = Field(
+        60.0,
+        ge=10.0,
+        description="How long a worker's claim on the stream lasts without a checkpoint renewing it; at least twice "
+        "poll_interval.",
+    )
+    max_apply_attempts: int = Field(
+        3, ge=1, le=20, description="Tries per refused document before it goes to the dead-letter collection."
+    )
+    on_history_lost: Literal["fail", "start_now"] = Field(
+        "fail",
+        description="When the saved resume token is gone from the change log: 'fail' stops the stream loudly; "
+        "'start_now' continues from now and records the gap (reported by status).",
+    )
+    on_invalidate: Literal["stop", "ignore"] = Field(
+        "stop",
+        description="On drop / rename / dropDatabase / invalidate of the source: 'stop' the stream with a visible "
+        "status, or 'ignore' the event and follow the collection by name.",
+    )
+    transform: TransformConfig | None = Field(None, description="Optional field mapping (rename, drop).")
+
+    @model_validator(mode="after")
+    def _timing(self) -> StreamConfig:
+        if self.lease_duration < 2 * self.poll_interval:
+            raise FieldProblems([("lease_duration", "must be at least twice poll_interval (checkpoints renew it)")])
+        return self
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, stages: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for i, stage in enumerate(stages):
+            if len(stage) != 1 or next(iter(stage)) not in _ALLOWED_STAGES:
+                raise ValueError(
+                    f"stage {i} must be one of {', '.join(sorted(_ALLOWED_STAGES))} (the stages Azure DocumentDB "
+                    "allows in a change stream)"
+                )
+        return stages
 
     @field_validator("name")
     @classmethod
@@ -255,7 +329,10 @@ class ReplicatorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    checkpoints: MongoConfig = Field(description="Where stream positions (resume tokens, leases) are stored.")
+    checkpoints: MongoConfig = Field(
+        description="Where stream positions (resume tokens, leases) are stored: collection 'checkpoints' (or the "
+        "one given) and 'dead_letters' in its database."
+    )
     streams: tuple[StreamConfig, ...] = Field(min_length=1, description="The streams to replicate.")
 
     @field_validator("checkpoints")
@@ -305,9 +382,13 @@ class ReplicatorConfig(BaseModel):
                 )
 
 
+def _bad_field(name: str) -> bool:
+    return not name or "." in name or name.startswith("$")
+
+
 def _same_collection(a: MongoConfig, b: MongoConfig) -> bool:
-    return (mongo_uri.hosts(a.connection_uri), a.database, a.collection) == (
-        mongo_uri.hosts(b.connection_uri),
+    return (mongo_uri.addresses(a.connection_uri), a.database, a.collection) == (
+        mongo_uri.addresses(b.connection_uri),
         b.database,
         b.collection,
     )
@@ -321,6 +402,7 @@ def config_reference() -> str:
     sections = (
         ("Top level", ReplicatorConfig),
         ("`streams[]`", StreamConfig),
+        ("`streams[].transform`", TransformConfig),
         ("Every endpoint (`checkpoints`, `streams[].source`, `streams[].estuary`, and `defaults`)", MongoConfig),
     )
     out: list[str] = []

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from shared.config import FieldProblems, MongoConfig, ReplicatorConfig, StreamConfig
+from shared.config import FieldProblems, MongoConfig, ReplicatorConfig, StreamConfig, TransformConfig
 from shared.errors import ConfigError
 
 CONFIG_SETTING = "REPLICATOR_CONFIG"
@@ -211,11 +211,7 @@ def _format_loc(loc: tuple[str | int, ...]) -> str:
 
 
 def _did_you_mean(name: str) -> str:
-    known = {
-        *MongoConfig.model_fields,
-        *StreamConfig.model_fields,
-        *ReplicatorConfig.model_fields,
-        "defaults",
-    }
+    models = (MongoConfig, StreamConfig, TransformConfig, ReplicatorConfig)
+    known = {"defaults", *(name for model in models for name in model.model_fields)}
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

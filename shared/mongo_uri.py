@@ -30,6 +30,16 @@ def hosts(uri: str) -> list[str]:
     return [unquote(h).rsplit(":", 1)[0].strip("[]").lower() for h in netloc.split(",") if h]
 
 
+def addresses(uri: str) -> list[str]:
+    """``host:port`` of every listed host, lower-cased, with MongoDB's default port filled in."""
+    netloc = urlsplit(uri).netloc.rpartition("@")[2]
+    out = []
+    for entry in (unquote(h).lower() for h in netloc.split(",") if h):
+        host, sep, port = entry.rpartition(":") if not entry.endswith("]") else (entry, "", "")
+        out.append(f"{host}:{port}" if sep else f"{entry}:27017")
+    return sorted(out)
+
+
 def has_credentials(uri: str) -> bool:
     """Whether the URI carries a user name or a password."""
     return "@" in urlsplit(uri).netloc

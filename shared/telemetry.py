@@ -159,3 +159,35 @@ class AuthMetrics:
         self.active_connections = m.create_up_down_counter(
             "replicator_mongo_active_connections", description="Open MongoDB connections, by auth_method."
         )
+
+
+class ReplicationMetrics:
+    """Per-stream replication instruments; every data point carries the ``stream`` attribute."""
+
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        m = meter or metrics.get_meter(METER_NAME)
+        self.events_read = m.create_counter(
+            "replicator_events_read_total", description="Change events read, by stream and operation."
+        )
+        self.events_applied = m.create_counter(
+            "replicator_events_applied_total", description="Writes acknowledged by the estuary, by operation."
+        )
+        self.events_skipped = m.create_counter(
+            "replicator_events_skipped_total", description="Events that needed no write (collapsed, no post-image)."
+        )
+        self.events_dead_lettered = m.create_counter(
+            "replicator_events_dead_lettered_total", description="Events parked in the dead-letter collection."
+        )
+        self.batch_duration = m.create_histogram(
+            "replicator_batch_duration_seconds", unit="s", description="Apply plus checkpoint time of one batch."
+        )
+        self.lag = m.create_histogram(
+            "replicator_replication_lag_seconds", unit="s", description="Now minus the last applied event's time."
+        )
+        self.checkpoint_saves = m.create_counter(
+            "replicator_checkpoint_saves_total", description="Checkpoint writes, by kind (batch, idle)."
+        )
+        self.passes = m.create_counter("replicator_passes_total", description="Passes, by outcome.")
+        self.gaps = m.create_counter(
+            "replicator_gaps_total", description="Recorded gaps (history lost with on_history_lost: start_now)."
+        )

@@ -6,6 +6,7 @@ Stand-ins for what cannot run here (the managed identity endpoint, an OIDC-enfor
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,9 +18,14 @@ import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from localdev.nx import NxServer
 from localdev.stack import LocalStack
 from shared.auth.credentials import AccessToken
-from shared.telemetry import AuthMetrics
+from shared.auth.mongo_client import ClientFactory
+from shared.clock import SystemClock
+from shared.config import MongoConfig, ReplicatorConfig
+from shared.replicate import Replicator
+from shared.telemetry import AuthMetrics, ReplicationMetrics
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -75,11 +81,13 @@ class FakeTokenSource:
 
 
 class Metrics:
-    """An ``AuthMetrics`` on a private meter provider, with a helper to read a counter back."""
+    """Our instruments on a private meter provider, with helpers to read them back."""
 
     def __init__(self) -> None:
         self.reader = InMemoryMetricReader()
-        self.auth = AuthMetrics(MeterProvider(metric_readers=[self.reader]).get_meter("test"))
+        meter = MeterProvider(metric_readers=[self.reader]).get_meter("test")
+        self.auth = AuthMetrics(meter)
+        self.replication = ReplicationMetrics(meter)
 
     def value(self, name: str, **attributes: Any) -> float:
         total = 0.0
@@ -162,3 +170,62 @@ def stack_config(stack: LocalStack, **stream_overrides: Any) -> dict[str, Any]:
         **stream_overrides,
     }
     return {"checkpoints": stack.entra_endpoint("replicator"), "streams": [stream]}
+
+
+# ---------------------------------------------------------------------------------------------- replication
+
+
+@pytest.fixture(scope="session")
+def nx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NxServer]:
+    """One nx-27017 for the session; tests isolate themselves with their own database names."""
+    with NxServer(tmp_path_factory.mktemp("nx-session")) as server:
+        yield server
+
+
+class Harness:
+    """Source, estuary and checkpoint endpoints on one server, in databases unique to the test."""
+
+    def __init__(self, uri: str, prefix: str, metrics: Metrics) -> None:
+        self.uri = uri
+        self.prefix = prefix
+        self.metrics = metrics
+        self.factory = ClientFactory(client_options={"serverSelectionTimeoutMS": 5000})
+        client = self.factory.client(MongoConfig(connection_uri=uri))
+        self.source = client[f"{prefix}_src"]["orders"]
+        self.estuary = client[f"{prefix}_dst"]["orders"]
+        self.state = client[f"{prefix}_rep"]
+
+    def stream(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "name": "orders",
+            "source": {"connection_uri": self.uri, "database": f"{self.prefix}_src", "collection": "orders"},
+            "estuary": {"connection_uri": self.uri, "database": f"{self.prefix}_dst", "collection": "orders"},
+            "poll_interval": 0.1,
+            "idle_timeout": 0.6,
+            "time_budget": 30,
+            "lease_duration": 10,
+            **overrides,
+        }
+
+    def config(self, **overrides: Any) -> ReplicatorConfig:
+        checkpoints = {"connection_uri": self.uri, "database": f"{self.prefix}_rep"}
+        return ReplicatorConfig.model_validate({"checkpoints": checkpoints, "streams": [self.stream(**overrides)]})
+
+    def replicator(self, config: ReplicatorConfig | None = None, *, clock: Any = None) -> Replicator:
+        return Replicator(
+            config or self.config(),
+            factory=self.factory,
+            clock=clock or SystemClock(),
+            metrics=self.metrics.replication,
+        )
+
+    def converged(self) -> bool:
+        return sorted(self.source.find(), key=str) == sorted(self.estuary.find(), key=str)
+
+
+@pytest.fixture
+def harness(nx_server: NxServer, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    prefix = "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]  # noqa: S324 (a name, not security)
+    made = Harness(nx_server.uri, prefix, Metrics())
+    yield made
+    made.factory.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,17 @@ from shared.cli import main
 from tests.conftest import stack_config, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """``main`` configures process-wide logging, as a command line should; other tests must not inherit it."""
+    root, ours = logging.getLogger(), logging.getLogger("shared")
+    saved = (root.handlers[:], root.level, ours.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    ours.setLevel(saved[2])
 
 
 def bad_config(tmp_path: Path) -> Path:
@@ -118,7 +131,7 @@ def test_test_auth_should_exit_2_when_the_config_is_invalid(tmp_path, capsys):
 def test_the_real_entry_point_should_exit_with_usage_codes_and_no_traceback(tmp_path, args, code):
     if args == ["validate"]:
         args = ["validate", "--config", str(bad_config(tmp_path))]
-    result = subprocess.run(  # noqa: S603 (fixed argv)
+    result = subprocess.run(
         [sys.executable, "-m", "shared", *args],
         cwd=ROOT,
         capture_output=True,

@@ -228,6 +228,13 @@ def test_config_should_reject_an_estuary_that_is_the_source_collection(tmp_path)
     )
 
 
+def test_config_should_accept_same_named_collections_on_servers_that_differ_only_by_port(tmp_path):
+    data = config()
+    data["streams"][0]["source"] = endpoint(connection_uri="mongodb://127.0.0.1:27018/")
+    data["streams"][0]["estuary"] = endpoint(connection_uri="mongodb://127.0.0.1:27019/")
+    assert load(tmp_path, data).streams[0].estuary.connection_uri == "mongodb://127.0.0.1:27019/"
+
+
 def test_config_should_require_at_least_one_stream_and_a_checkpoint_database(tmp_path):
     found = problems(tmp_path, {"checkpoints": {"connection_uri": URI}, "streams": []})
     assert "checkpoints.database: is required for the checkpoint store" in found

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from shared.config import MongoConfig
 
 APP_NAME = "cosmos-mongo-replicator"
+_SOCKET_TIMEOUT_MS = 120_000
 
 # The portal's connection string for an Azure DocumentDB (vCore) cluster carries tls=true, retrywrites=false ("the
 # recommended setting for Azure DocumentDB") and maxIdleTimeMS=120000 (https://learn.microsoft.com/training/modules/
@@ -149,6 +150,11 @@ class ClientFactory:
         kwargs: dict[str, Any] = {}
         if "appname" not in uri_options:
             kwargs["appname"] = APP_NAME
+        if "sockettimeoutms" not in uri_options:
+            # pymongo waits forever on a socket by default: a connection that died silently (failover, an idle
+            # reset without RST) would hang a pass until the Functions timeout. Change-stream polls wait at most
+            # poll_interval (<= 60 s), so this bound never cuts a healthy operation short.
+            kwargs["socketTimeoutMS"] = _SOCKET_TIMEOUT_MS
         if mongo_uri.is_documentdb(config.connection_uri):
             for spellings, keyword, value in _DOCUMENTDB_OPTIONS:
                 if not uri_options.keys() & set(spellings):

@@ -72,8 +72,14 @@ def test_factory_should_apply_documentdb_recommended_options_when_the_uri_is_sil
     assert options.pool_options.metadata["application"]["name"] == "cosmos-mongo-replicator"
 
 
+def test_factory_should_bound_socket_reads_so_a_dead_connection_cannot_hang_a_pass(factory):
+    assert factory.client(mongo("mongodb://127.0.0.1:27017/")).options.pool_options.socket_timeout == 120
+
+
 def test_factory_should_never_override_what_the_uri_says(factory):
-    options = factory.client(mongo(f"{DOCUMENTDB}?retryWrites=true&maxIdleTimeMS=5000&appName=mine")).options
+    uri = f"{DOCUMENTDB}?retryWrites=true&maxIdleTimeMS=5000&appName=mine&socketTimeoutMS=7000"
+    options = factory.client(mongo(uri)).options
+    assert options.pool_options.socket_timeout == 7
     assert options.retry_writes is True
     assert options.pool_options.max_idle_time_seconds == 5
     assert options.pool_options.metadata["application"]["name"] == "mine"

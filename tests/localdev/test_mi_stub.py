@@ -230,7 +230,7 @@ def test_stub_should_release_port_when_stopped(stub: ManagedIdentityStub) -> Non
 def test_cli_should_print_settings_and_serve_tokens_until_sigterm(tmp_path: Path) -> None:
     key_file = tmp_path / "key.pem"
     command = [sys.executable, "-m", "localdev.mi_stub", "--tenant", TENANT, "--identity", f"{CLIENT_ID}={OBJECT_ID}"]
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [*command, "--public-key-out", str(key_file)],
         stdout=subprocess.PIPE,
         text=True,

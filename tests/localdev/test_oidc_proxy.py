@@ -284,7 +284,7 @@ def test_cli_should_enforce_oidc_until_sigterm(nx: NxServer, stub: ManagedIdenti
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(stub.public_key_pem)
     command = [sys.executable, "-m", "localdev.oidc_proxy", "--upstream", f"{nx.host}:{nx.port}"]
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [*command, "--audience", AUDIENCE, "--public-key-file", str(key_file), "--tenant", TENANT],
         stdout=subprocess.PIPE,
         text=True,

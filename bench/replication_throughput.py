@@ -1,0 +1,548 @@
+"""Replication throughput benchmark: the replicator against a raw pymongo loop, end to end on nx-27017.
+
+Two nx-27017 servers run as child processes: a source, and an estuary that also holds the checkpoints. Each
+run writes N change events (70 % inserts, 20 % updates, 10 % deletes, interleaved; string ids, JSON-native
+fields) to a fresh source database, then measures draining them into a fresh estuary database:
+
+* baseline: a minimal pymongo loop: ``watch(resume_after=token, full_document="updateLookup")`` and one
+  unordered ``bulk_write`` of ``ReplaceOne(upsert)`` / ``DeleteOne`` per ``--batch-size`` events; no
+  checkpoints, no leases, no retries, no collapsing of events on the same ``_id``;
+* replicator: ``Replicator.run_pass`` (lease, fenced checkpoint after every batch, metrics) repeated until
+  the passes' ``events`` add up to N, with the same batch size.
+
+Both read from a position taken before the writes (the baseline's ``watch().resume_token``; the
+replicator's first pass, which saves its start position), so both drain the same backlog. The figure is the
+time until the estuary holds all N events; for the replicator, the moment the batch that completed N was
+counted on the ``events_read`` instrument, which happens after the estuary and the checkpoint store
+acknowledged it. The pass's idle tail (``idle_timeout`` without events, then the pass ends) is reported
+apart, not hidden. Every estuary is compared with its source afterwards; any difference exits 1.
+
+Each kind gets its own databases (one SQLite file per database on nx-27017, so change logs never mix and no
+second consumer ever has a stream open on a collection), and the kinds alternate (ABAB...) because a 2-core
+machine is noisy. Memory: the process's peak RSS during each drain (Linux ``VmHWM``, reset before the
+drain; the lifetime peak elsewhere). ``--scale-check`` drains N and 4 x N events of each kind once more under
+``tracemalloc`` and compares the Python heap peaks (slower; those rates are not comparable). ``--profile``
+drains N events of each kind under cProfile and prints where the client spends its time.
+
+Target (the throughput issue): replicator >= 0.9 x baseline events/s, with bounded memory.
+Run: ``.venv/bin/python -m bench.replication_throughput [--events 10000] [--runs 5] [--scale-check]
+[--profile] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import Counter
+from opentelemetry.util.types import Attributes
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
+from pymongo.collection import Collection
+
+from localdev.nx import NxServer
+from shared.auth.mongo_client import ClientFactory
+from shared.clock import SystemClock
+from shared.config import ReplicatorConfig
+from shared.replicate import Replicator
+from shared.telemetry import ReplicationMetrics
+
+TARGET_RATIO = 0.9
+WRITE_CHUNK = 1000  # source writes per bulk_write while preloading
+MIB = 1024 * 1024
+
+Doc = dict[str, Any]
+Kind = Literal["baseline", "replicator"]
+Mode = Literal["timed", "profile", "heap"]
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it meant to (a pass failed, an estuary differs)."""
+
+
+@dataclass
+class Drain:
+    """One drain of N events."""
+
+    kind: Kind
+    run: int
+    mode: Mode
+    events: int
+    seconds: float  # until the estuary held all N events
+    events_per_s: float
+    tail_seconds: float = 0.0  # replicator: after the last batch until the pass ended (idle_timeout)
+    passes: int = 0
+    rss_start_mib: float = 0.0
+    rss_peak_mib: float = 0.0
+    heap_peak_mib: float | None = None  # mode "heap": tracemalloc peak during the drain
+    preload_events_per_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+class PeakRss:
+    """Peak resident set size of this process since ``reset``.
+
+    Linux: ``VmHWM`` from /proc/self/status, reset by writing 5 to /proc/self/clear_refs (exact, and no
+    sampling thread adding load). Elsewhere the process's lifetime peak (``getrusage``).
+    """
+
+    def __init__(self) -> None:
+        self.exact = False
+
+    def reset(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.exact = False
+        else:
+            self.exact = True
+
+    def current_mib(self) -> float:
+        return self._status_kib("VmRSS") / 1024 if self.exact else self._lifetime_peak_mib()
+
+    def peak_mib(self) -> float:
+        return self._status_kib("VmHWM") / 1024 if self.exact else self._lifetime_peak_mib()
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+        return int(match.group(1)) if match else 0
+
+    @staticmethod
+    def _lifetime_peak_mib() -> float:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class Probe:
+    """What watches a drain besides the clock: nothing (timed), cProfile (profile) or tracemalloc (heap)."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.profile = cProfile.Profile() if mode == "profile" else None
+        self.heap_peak_mib: float | None = None
+
+    def __enter__(self) -> Probe:
+        if self.profile is not None:
+            self.profile.enable()
+        elif self.mode == "heap":
+            tracemalloc.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.profile is not None:
+            self.profile.disable()
+        elif self.mode == "heap":
+            self.heap_peak_mib = round(tracemalloc.get_traced_memory()[1] / MIB, 2)
+            tracemalloc.stop()
+
+
+class Progress(Counter):
+    """Stands in for the replicator's ``events_read`` instrument: counts, and notes when the count reached N.
+
+    ``Replicator`` adds to it after the estuary and the checkpoint store acknowledged a batch. With ``stop``,
+    reaching N also ends the pass (used when profiling, where the idle tail would only add sleep).
+    """
+
+    def __init__(self, target: int, stop: threading.Event | None = None) -> None:
+        self.target = target
+        self.count = 0
+        self.reached_at: float | None = None
+        self._stop = stop
+
+    def add(self, amount: float, attributes: Attributes = None, context: Context | None = None) -> None:
+        self.count += int(amount)
+        if self.reached_at is None and self.count >= self.target:
+            self.reached_at = time.perf_counter()
+            if self._stop is not None:
+                self._stop.set()
+
+
+# ---------------------------------------------------------------------------------------------- workload
+
+
+def workload(n: int, seed: int) -> Iterator[list[InsertOne[Doc] | UpdateOne | DeleteOne]]:
+    """N writes in chunks, each one change event: 70 % inserts, 20 % updates, 10 % deletes of live documents."""
+    rng = random.Random(seed)
+    live: list[str] = []
+    chunk: list[InsertOne[Doc] | UpdateOne | DeleteOne] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.7 or len(live) < 10:
+            live.append(f"doc-{i:08d}")
+            chunk.append(InsertOne(_document(live[-1], i, rng)))
+        elif roll < 0.9:
+            chunk.append(UpdateOne({"_id": rng.choice(live)}, {"$inc": {"qty": 1}, "$set": {"status": "updated"}}))
+        else:
+            at = rng.randrange(len(live))
+            live[at], live[-1] = live[-1], live[at]
+            chunk.append(DeleteOne({"_id": live.pop()}))
+        if len(chunk) == WRITE_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _document(doc_id: str, i: int, rng: random.Random) -> Doc:
+    return {
+        "_id": doc_id,
+        "customer": f"customer-{rng.randrange(1000):04d}",
+        "qty": rng.randrange(1, 50),
+        "price": round(rng.uniform(1, 500), 2) + 0.25,  # always fractional: stays a float through JSON
+        "status": "new",
+        "paid": rng.random() < 0.5,
+        "tags": [f"tag-{rng.randrange(20)}" for _ in range(3)],
+        "address": {"city": f"city-{rng.randrange(100)}", "zip": f"{rng.randrange(100000):05d}"},
+        "note": "x" * rng.randrange(20, 120),
+        "seq": i,
+    }
+
+
+def preload(collection: Collection[Doc], n: int, seed: int) -> float:
+    """Write the workload; returns source writes per second."""
+    started = time.perf_counter()
+    for chunk in workload(n, seed):
+        collection.bulk_write(chunk, ordered=True)
+    return n / (time.perf_counter() - started)
+
+
+def differences(source: Collection[Doc], estuary: Collection[Doc]) -> int:
+    """Documents that differ between the two collections (missing, extra or unequal), by a streaming merge."""
+    ours = iter(source.find({}, sort=[("_id", 1)], batch_size=1000))
+    theirs = iter(estuary.find({}, sort=[("_id", 1)], batch_size=1000))
+    a, b, diff = next(ours, None), next(theirs, None), 0
+    while a is not None or b is not None:
+        if a is not None and b is not None and a["_id"] == b["_id"]:
+            diff += a != b
+            a, b = next(ours, None), next(theirs, None)
+        elif b is None or (a is not None and a["_id"] < b["_id"]):
+            diff, a = diff + 1, next(ours, None)
+        else:
+            diff, b = diff + 1, next(theirs, None)
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------- the two drains
+
+
+def drain_baseline(
+    source: Collection[Doc], estuary: Collection[Doc], token: Mapping[str, Any], n: int, batch: int
+) -> float:
+    """The raw loop: read N events from ``token``, one bulk write per batch; returns seconds."""
+    started = time.perf_counter()
+    seen = 0
+    ops: list[ReplaceOne[Doc] | DeleteOne] = []
+    with source.watch(resume_after=token, full_document="updateLookup") as stream:
+        while seen < n:
+            event = stream.try_next()
+            if event is not None:
+                seen += 1
+                if event["operationType"] == "delete":
+                    ops.append(DeleteOne(event["documentKey"]))
+                elif event.get("fullDocument") is not None:
+                    ops.append(ReplaceOne(event["documentKey"], event["fullDocument"], upsert=True))
+                if len(ops) < batch and seen < n:
+                    continue
+            if ops:
+                # Unordered: pymongo's fast path (one command per operation type instead of one per run of equal
+                # types). Correct for this workload, where a delete is always the last event of its _id; the
+                # verification afterwards would catch it otherwise.
+                estuary.bulk_write(ops, ordered=False)
+                ops = []
+    return time.perf_counter() - started
+
+
+class Bench:
+    """The servers' clients, the replicator's client factory, and one method per kind of drain."""
+
+    def __init__(self, source: NxServer, estuary: NxServer, args: argparse.Namespace) -> None:
+        self.source_uri, self.estuary_uri = source.uri, estuary.uri
+        self.args = args
+        self.source: MongoClient[Doc] = MongoClient(source.uri)
+        self.estuary: MongoClient[Doc] = MongoClient(estuary.uri)
+        self.factory = ClientFactory()
+        self.rss = PeakRss()
+        self.profiles: dict[str, dict[str, float]] = {}
+        self._runs = 0
+
+    def close(self) -> None:
+        self.source.close()
+        self.estuary.close()
+        self.factory.close()
+
+    def drain(self, kind: Kind, n: int, mode: Mode = "timed") -> Drain:
+        """Preload N events into a fresh source database and drain them into a fresh estuary database."""
+        self._runs += 1
+        run = (self._runs + 1) // 2
+        name = f"{kind}-{self._runs}"  # databases: name (source), name-estuary, name-checkpoints
+        source, estuary = self.source[name].events, self.estuary[f"{name}-estuary"].events
+        probe = Probe(mode)
+        if kind == "baseline":
+            drain = self._baseline(name, run, n, source, estuary, probe)
+        else:
+            drain = self._replicator(name, run, n, source, probe)
+        drain.rss_peak_mib, drain.heap_peak_mib = round(self.rss.peak_mib(), 1), probe.heap_peak_mib
+        if probe.profile is not None:
+            self.profiles[kind] = profile_breakdown(probe.profile)
+        diff = differences(source, estuary)
+        if diff:
+            raise BenchError(f"{kind} drain {self._runs}: the estuary differs from its source in {diff} document(s)")
+        return drain
+
+    def _baseline(
+        self, name: str, run: int, n: int, source: Collection[Doc], estuary: Collection[Doc], probe: Probe
+    ) -> Drain:
+        with source.watch(full_document="updateLookup") as stream:
+            token = stream.resume_token
+        if token is None:
+            raise BenchError("the source returned no resume token for a new change stream")
+        rate = preload(source, n, seed=n)  # the same workload for every drain of N events
+        rss_start = self._settle()
+        with probe:
+            seconds = drain_baseline(source, estuary, token, n, self.args.batch_size)
+        return Drain(
+            "baseline", run, probe.mode, n, seconds, n / seconds, rss_start_mib=rss_start, preload_events_per_s=rate
+        )
+
+    def _replicator(self, name: str, run: int, n: int, source: Collection[Doc], probe: Probe) -> Drain:
+        # A first pass with a tiny idle timeout saves the stream's start position before anything is written.
+        self._new_replicator(name, idle_timeout=0.01, metrics=ReplicationMetrics()).run_pass(name)
+        rate = preload(source, n, seed=n)  # the same workload for every drain of N events
+        stop = threading.Event() if probe.mode == "profile" else None
+        metrics = ReplicationMetrics()
+        metrics.events_read = progress = Progress(n, stop)
+        replicator = self._new_replicator(name, idle_timeout=self.args.idle_timeout, metrics=metrics)
+        rss_start = self._settle()
+        with probe:
+            started, events, passes = time.perf_counter(), 0, 0
+            while events < n:
+                result = replicator.run_pass(name, stop=stop)
+                passes += 1
+                events += result.events
+                if result.outcome not in ("idle", "budget", "interrupted") or (result.events == 0 and events < n):
+                    raise BenchError(f"pass {passes} ended '{result.outcome}' after {events} of {n} events")
+            ended = time.perf_counter()
+        seconds = (progress.reached_at or ended) - started
+        return Drain(
+            "replicator",
+            run,
+            probe.mode,
+            n,
+            seconds,
+            n / seconds,
+            tail_seconds=ended - started - seconds,
+            passes=passes,
+            rss_start_mib=rss_start,
+            preload_events_per_s=rate,
+        )
+
+    def _new_replicator(self, name: str, *, idle_timeout: float, metrics: ReplicationMetrics) -> Replicator:
+        config = ReplicatorConfig.model_validate(
+            {
+                # One checkpoint database per stream: on nx-27017 a findAndModify with upsert and an {_id, $or}
+                # filter (the lease acquire) can update another stream's document, so streams never share one.
+                "checkpoints": {"connection_uri": self.estuary_uri, "database": f"{name}-checkpoints"},
+                "streams": [
+                    {
+                        "name": name,
+                        "source": {"connection_uri": self.source_uri, "database": name, "collection": "events"},
+                        "estuary": {
+                            "connection_uri": self.estuary_uri,
+                            "database": f"{name}-estuary",
+                            "collection": "events",
+                        },
+                        "batch_size": self.args.batch_size,
+                        "poll_interval": self.args.poll_interval,
+                        "idle_timeout": idle_timeout,
+                    }
+                ],
+            }
+        )
+        return Replicator(config, factory=self.factory, clock=SystemClock(), metrics=metrics)
+
+    def _settle(self) -> float:
+        """Let the servers finish the preload's aftermath, then open the memory window; returns RSS now."""
+        time.sleep(self.args.settle)
+        self.rss.reset()
+        return round(self.rss.current_mib(), 1)
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+
+_PROFILE_ROWS = (  # (label, file suffix, function): cumulative seconds in these calls; "" adds to the row above
+    ("change stream reads (try_next)", "pymongo/synchronous/change_stream.py", "try_next"),
+    ("estuary bulk_write", "pymongo/synchronous/collection.py", "bulk_write"),
+    ("checkpoint saves", "shared/position.py", "save"),
+    ("lease acquire + release + status", "shared/position.py", "acquire"),
+    ("", "shared/position.py", "release"),
+    ("", "shared/position.py", "set_status"),
+    ("batch planning (collapse by _id)", "shared/estuary.py", "_plan"),
+    ("metrics (per-event counters)", "shared/replicate.py", "_count"),
+    ("sleeps (empty polls)", "shared/clock.py", "sleep"),
+    ("socket receive (waiting on servers)", "network_layer.py", "recv_into"),
+)
+
+
+def profile_breakdown(profile: cProfile.Profile) -> dict[str, float]:
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    out = {"total": round(sum(tt for (_c, _n, tt, _ct, _) in stats.values()), 3)}
+    label = ""
+    for name, suffix, func in _PROFILE_ROWS:
+        label = name or label
+        seconds = sum(ct for (f, _l, fn), (_c, _n, _t, ct, _) in stats.items() if fn == func and f.endswith(suffix))
+        out[label] = round(out.get(label, 0.0) + seconds, 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def summarise(drains: list[Drain]) -> dict[str, Any]:
+    base = [d for d in drains if d.kind == "baseline"]
+    repl = [d for d in drains if d.kind == "replicator"]
+    pairs = [r.events_per_s / b.events_per_s for b, r in zip(base, repl, strict=True)]
+    ratio = statistics.median(d.events_per_s for d in repl) / statistics.median(d.events_per_s for d in base)
+    return {
+        "baseline_events_per_s": spread([d.events_per_s for d in base]),
+        "replicator_events_per_s": spread([d.events_per_s for d in repl]),
+        "ratio_of_medians": round(ratio, 3),
+        "ratio_per_pair": spread(pairs, 3),
+        "replicator_idle_tail_s": spread([d.tail_seconds for d in repl], 2),
+        "baseline_peak_rss_mib": max(d.rss_peak_mib for d in base),
+        "replicator_peak_rss_mib": max(d.rss_peak_mib for d in repl),
+        "target_met": ratio >= TARGET_RATIO,
+    }
+
+
+def scale_check(bench: Bench, n: int) -> dict[str, Any]:
+    """Heap peaks while draining N and 4 x N events: bounded if 4 x N needs at most 1.5 x (+1 MiB)."""
+    drains = [bench.drain(kind, size, "heap") for size in (n, 4 * n) for kind in ("baseline", "replicator")]
+    peaks = {(d.kind, d.events): d.heap_peak_mib or 0.0 for d in drains}
+    bounded = all(peaks[(kind, 4 * n)] <= 1.5 * peaks[(kind, n)] + 1.0 for kind in ("baseline", "replicator"))
+    return {"drains": [asdict(d) for d in drains], "bounded": bounded}
+
+
+def print_report(results: dict[str, Any]) -> None:
+    s = results["summary"]
+    print(f"replication throughput on {results['machine']}")
+    print(
+        f"  {results['events']} events per drain (70% inserts, 20% updates, 10% deletes), batch "
+        f"{results['batch_size']}, {results['runs']} drains of each kind alternating; every estuary equals its source"
+    )
+    print(
+        f"  {'run':<4}{'kind':<12}{'events/s':>9}{'time':>8}{'idle tail':>11}{'passes':>8}{'RSS start':>11}{'peak':>8}"
+    )
+    for d in results["drains"]:
+        tail, passes = (f"{d['tail_seconds']:.2f}s", d["passes"]) if d["kind"] == "replicator" else ("-", "-")
+        print(
+            f"  {d['run']:<4}{d['kind']:<12}{d['events_per_s']:>9.0f}{d['seconds']:>7.2f}s{tail:>11}{passes:>8}"
+            f"{d['rss_start_mib']:>8.1f}MiB{d['rss_peak_mib']:>5.1f}MiB"
+        )
+    for kind in ("baseline", "replicator"):
+        v = s[f"{kind}_events_per_s"]
+        print(f"  {kind:<11} events/s median {v['median']:>6.0f} (min {v['min']:.0f}, max {v['max']:.0f})")
+    pair = s["ratio_per_pair"]
+    print(
+        f"  ratio replicator/baseline {s['ratio_of_medians']:.3f} (ratio of medians; per pair {pair['min']:.3f}-"
+        f"{pair['max']:.3f}); target >= {TARGET_RATIO}: {'yes' if s['target_met'] else 'NO'}"
+    )
+    print(
+        f"  peak RSS while draining: baseline {s['baseline_peak_rss_mib']:.1f} MiB, replicator "
+        f"{s['replicator_peak_rss_mib']:.1f} MiB; replicator idle tail {s['replicator_idle_tail_s']['median']:.2f}s "
+        "(not counted)"
+    )
+    if "scale_check" in results:
+        check = results["scale_check"]
+        for d in check["drains"]:
+            print(f"  scale check {d['kind']:<11} N={d['events']:<7} Python heap peak {d['heap_peak_mib']:6.2f} MiB")
+        print(
+            f"  memory bounded (4 x N within 1.5 x the heap peak of N + 1 MiB): {'yes' if check['bounded'] else 'NO'}"
+        )
+    for kind, rows in results.get("profile", {}).items():
+        print(f"  profile of one {kind} drain (cProfile, client side, seconds; rows overlap):")
+        for label, seconds in rows.items():
+            print(f"    {label:<38}{seconds:>7.3f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000, help="change events per drain (default 10000)")
+    parser.add_argument("--runs", type=int, default=5, help="timed drains of each kind, alternating (default 5)")
+    parser.add_argument("--batch-size", type=int, default=500, help="events per estuary write (default 500)")
+    parser.add_argument("--poll-interval", type=float, default=0.1, help="replicator poll interval, s (default 0.1)")
+    parser.add_argument("--idle-timeout", type=float, default=1.0, help="replicator idle timeout, s (default 1)")
+    parser.add_argument("--settle", type=float, default=0.5, help="pause after preloading, s (default 0.5)")
+    parser.add_argument("--scale-check", action="store_true", help="heap peaks while draining N and 4 x N events")
+    parser.add_argument("--profile", action="store_true", help="one cProfile'd drain of each kind")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+    if args.events < 1 or args.runs < 1:
+        parser.error("--events and --runs must be at least 1")
+
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "events": args.events,
+        "batch_size": args.batch_size,
+        "runs": args.runs,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp, ExitStack() as stack:
+        source = stack.enter_context(NxServer(Path(tmp) / "source"))
+        estuary = stack.enter_context(NxServer(Path(tmp) / "estuary"))
+        bench = Bench(source, estuary, args)
+        stack.callback(bench.close)
+        try:
+            kinds: tuple[Kind, Kind] = ("baseline", "replicator")
+            drains = [bench.drain(kind, args.events) for _ in range(args.runs) for kind in kinds]
+            results["drains"] = [asdict(d) for d in drains]
+            results["summary"] = summarise(drains)
+            if args.scale_check:
+                results["scale_check"] = scale_check(bench, args.events)
+            if args.profile:
+                for kind in kinds:
+                    bench.drain(kind, args.events, "profile")
+                results["profile"] = bench.profiles
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The estuary writer: idempotent bulk apply of change events, with bounded retries and dead letters.
+
+At-least-once delivery, exactly-once state: every event becomes a write keyed by the document's ``_id``
+(a replace-with-upsert of the post-image, or a delete), so applying a batch twice (after a crash between the
+write and the checkpoint, or by a worker that lost its lease) leaves the same estuary. Several events on one
+``_id`` in a batch collapse to the last. An update whose post-image is gone (the document was deleted since)
+is skipped; its delete follows in the stream.
+
+A write the estuary refuses because of the document itself (duplicate key on a unique index, validation,
+too large) is retried a bounded number of times, then parked in the dead-letter collection with the event,
+the error and the attempts, and the batch goes on. A write failing for a transient reason (network, election,
+throttling, re-authentication) fails the whole batch with ``TransientError``: nothing is parked, the pass
+retries it, and the checkpoint does not move until it succeeds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bson.raw_bson import RawBSONDocument
+from pymongo import DeleteOne, ReplaceOne
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from shared.errors import TransientError
+from shared.mongo_errors import is_transient, is_transient_code
+from shared.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
+
+    from shared.clock import Clock
+    from shared.config import TransformConfig
+
+WriteOp = ReplaceOne[Any] | DeleteOne
+_WRITES = frozenset({"insert", "update", "replace"})
+
+_log = get_logger(__name__)
+
+
+@dataclass
+class ApplyResult:
+    """What one batch did to the estuary."""
+
+    applied: Counter[str] = field(default_factory=Counter)  # by operation type
+    skipped: int = 0  # updates whose post-image is gone, and event types that change no document
+    collapsed: int = 0  # events superseded by a later event on the same _id in the batch
+    dead_lettered: int = 0
+
+
+@dataclass(frozen=True)
+class _Planned:
+    event: RawBSONDocument
+    op: WriteOp
+
+
+class DeadLetters:
+    """Parks events the estuary refused for good; keyed by (stream, event token), so replays do not duplicate."""
+
+    def __init__(self, collection: Collection[Any], *, clock: Clock) -> None:
+        self._collection = collection
+        self._clock = clock
+
+    def park(self, stream: str, event: RawBSONDocument, *, code: int | None, message: str, attempts: int) -> None:
+        now = self._clock.time()
+        self._collection.replace_one(
+            {"_id": {"stream": stream, "token": event["_id"]}},
+            {
+                "_id": {"stream": stream, "token": event["_id"]},
+                "stream": stream,
+                "operation": event["operationType"],
+                "document_key": event["documentKey"],
+                "event": event,
+                "error": {"code": code, "message": message[:2000]},
+                "attempts": attempts,
+                "parked_at": now,
+            },
+            upsert=True,
+        )
+
+
+class EstuaryWriter:
+    """Applies batches of change events to one estuary collection."""
+
+    def __init__(
+        self,
+        collection: Collection[Any],
+        dead_letters: DeadLetters,
+        *,
+        stream: str,
+        max_attempts: int,
+        transform: TransformConfig | None = None,
+    ) -> None:
+        self._collection = collection
+        self._dead_letters = dead_letters
+        self._stream = stream
+        self._max_attempts = max_attempts
+        self._transform = transform
+
+    def apply(self, events: Sequence[RawBSONDocument]) -> ApplyResult:
+        """Write the batch; returns only when every event is applied, skipped or parked."""
+        result = ApplyResult()
+        planned = self._plan(events, result)
+        failures = self._write([p.op for p in planned])
+        attempts = 1
+        while failures and attempts < self._max_attempts:
+            _log.warning(
+                "stream %s: estuary refused %d document(s) (attempt %d of %d)",
+                self._stream,
+                len(failures),
+                attempts,
+                self._max_attempts,
+                extra={"event": "apply_refused", "stream": self._stream},
+            )
+            attempts += 1
+            indexes = sorted(failures)
+            again = self._write([planned[i].op for i in indexes])
+            failures = {indexes[j]: error for j, error in again.items()}
+        for index, (code, message) in failures.items():
+            self._dead_letters.park(
+                self._stream, planned[index].event, code=code, message=message, attempts=self._max_attempts
+            )
+            result.dead_lettered += 1
+        for i, p in enumerate(planned):
+            if i not in failures:
+                result.applied[p.event["operationType"]] += 1
+        return result
+
+    def _plan(self, events: Sequence[RawBSONDocument], result: ApplyResult) -> list[_Planned]:
+        latest: dict[bytes, RawBSONDocument] = {}
+        for event in events:
+            key = _key(event)
+            if key in latest:
+                del latest[key]  # keep the order of last occurrence
+                result.collapsed += 1
+            latest[key] = event
+        planned = []
+        for event in latest.values():
+            op = self._op(event)
+            if op is None:
+                result.skipped += 1
+            else:
+                planned.append(_Planned(event, op))
+        return planned
+
+    def _op(self, event: RawBSONDocument) -> WriteOp | None:
+        kind = event["operationType"]
+        key = event["documentKey"]
+        if kind == "delete":
+            return DeleteOne(key)
+        if kind in _WRITES:
+            document = event.get("fullDocument")
+            if document is None:
+                return None  # deleted since: its delete event follows
+            return ReplaceOne(key, self._transformed(document), upsert=True)
+        return None
+
+    def _transformed(self, document: RawBSONDocument) -> Mapping[str, Any]:
+        if self._transform is None:
+            return document  # raw bytes go straight back on the wire
+        rename, drop = self._transform.rename, set(self._transform.drop)
+        return {rename.get(name, name): value for name, value in document.items() if name not in drop}
+
+    def _write(self, ops: Sequence[WriteOp]) -> dict[int, tuple[int | None, str]]:
+        """Run one unordered bulk write; return the refused operations by index (transient errors raise)."""
+        if not ops:
+            return {}
+        try:
+            self._collection.bulk_write(list(ops), ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise TransientError(f"estuary write concern failed: {details['writeConcernErrors'][0]}") from exc
+            errors = {e["index"]: (e.get("code"), str(e.get("errmsg", ""))) for e in details.get("writeErrors", [])}
+            if any(is_transient_code(code) for code, _ in errors.values()):
+                raise TransientError("estuary refused writes for a transient reason (throttling, election)") from exc
+            return errors
+        except PyMongoError as exc:
+            if is_transient(exc):
+                raise TransientError(f"estuary write failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        return {}
+
+
+def _key(event: RawBSONDocument) -> bytes:
+    key = event["documentKey"]
+    return bytes(key.raw) if isinstance(key, RawBSONDocument) else repr(sorted(key.items())).encode()

@@ -1,5 +1,5 @@
 # Sourced by the other scripts: create .venv on first use and keep it in step with requirements-dev.txt, and
-# node_modules in step with package-lock.json (Azurite, the Azure Storage emulator the tests use).
+# (with WITH_NODE=1) node_modules in step with package-lock.json (Azurite, the Azure Storage emulator the tests use).
 # Needs Python 3.11+ (what Azure Functions runs) and Node.js 20.6+ with npm. Only the package registries are
 # contacted (PyPI, npm), and only when the requirements or the lock file changed since the last install.
 set -euo pipefail
@@ -24,7 +24,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > "$stamp"
 fi
 
-# Node.js tooling: Azurite only (test-time stand-in for Azure Storage queues; never deployed).
+# Node.js tooling: Azurite only (test-time stand-in for Azure Storage queues; never deployed). The test command
+# asks for it (WITH_NODE=1); running locally does not need it.
+if [ "${WITH_NODE:-0}" = 1 ]; then
 node_ok=$(node -e 'const [a, b] = process.versions.node.split(".").map(Number); console.log(a > 20 || (a === 20 && b >= 6) ? "yes" : "no")' 2>/dev/null || true)
 if [ "$node_ok" != "yes" ] || ! command -v npm >/dev/null; then
   echo "error: Node.js 20.6 or newer with npm is required (for Azurite, the Azure Storage emulator the tests use); found: $(node --version 2>/dev/null || echo 'no node'), $(npm --version 2>/dev/null || echo 'no npm')" >&2
@@ -38,6 +40,7 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_wanted" ]; then
   # --ignore-scripts: nothing in the lock file needs an install script, and none should run unasked.
   npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >&2
   echo "$node_wanted" > "$node_stamp"
+fi
 fi
 
 # shellcheck disable=SC1091

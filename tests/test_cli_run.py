@@ -6,13 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.conftest import Harness
+from tests.conftest import Harness, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +42,7 @@ def test_sigkill_in_the_middle_of_a_pass_should_lose_nothing(harness, tmp_path):
         for chunk in range(20):
             harness.source.insert_many([{"_id": f"k{chunk:02}-{i:03}", "chunk": chunk} for i in range(100)])
             if chunk == 10:
-                _wait_until(lambda: harness.estuary.count_documents({}) > 0)
+                wait_until(lambda: harness.estuary.count_documents({}) > 0)
                 runner.send_signal(signal.SIGKILL)  # no cleanup, no lease release, mid-stream
                 runner.wait(10)
         harness.source.update_many({"chunk": {"$lt": 5}}, {"$set": {"updated": True}})
@@ -52,7 +51,7 @@ def test_sigkill_in_the_middle_of_a_pass_should_lose_nothing(harness, tmp_path):
         restarted = subprocess.Popen(
             cli("run", "--config", path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        _wait_until(harness.converged, timeout=60)  # after the dead worker's lease ran out
+        wait_until(harness.converged, timeout=60)  # after the dead worker's lease ran out
         restarted.send_signal(signal.SIGINT)
         out, err = restarted.communicate(timeout=30)
         assert restarted.returncode == 0, err
@@ -104,11 +103,3 @@ def test_run_should_refuse_an_unknown_stream_as_a_usage_error(harness, tmp_path)
     assert result.returncode == 2
     assert "no stream named 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def _wait_until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)

@@ -16,7 +16,7 @@ from shared.config import ReplicatorConfig
 from shared.errors import ConfigError
 from shared.position import CheckpointStore, Lease, LeaseLostError
 from shared.replicate import Replicator
-from tests.conftest import Harness, Metrics, stack_config
+from tests.conftest import Harness, Metrics, stack_config, wait_until
 
 
 def start_position(harness: Harness, replicator: Replicator | None = None) -> Replicator:
@@ -124,7 +124,7 @@ def test_a_stale_workers_late_checkpoint_should_be_refused_and_stop_it(harness):
     results: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: results.setdefault("a", slow.run_pass("orders")), daemon=True)
     worker.start()
-    _wait_until(lambda: getattr(replicator.checkpoints.read("orders"), "status", None) == "running")
+    wait_until(lambda: getattr(replicator.checkpoints.read("orders"), "status", None) == "running")
     harness.state.checkpoints.update_one({"_id": "orders"}, {"$set": {"lease.expires_at": 0.0}})  # lease runs out
     harness.source.insert_one({"_id": "x1"})
     taken_over = harness.replicator().run_pass("orders")  # a second worker takes the stream over
@@ -217,7 +217,7 @@ def test_the_source_restarting_mid_pass_should_reopen_from_the_position(tmp_path
             worker = threading.Thread(target=lambda: results.append(replicator.run_pass("orders")), daemon=True)
             src.insert_many([{"_id": f"before{i}"} for i in range(20)])
             worker.start()
-            _wait_until(lambda: dst.count_documents({}) == 20)
+            wait_until(lambda: dst.count_documents({}) == 20)
             source.restart()
             src.insert_many([{"_id": f"after{i}"} for i in range(20)])
             worker.join(60)
@@ -242,7 +242,7 @@ def test_entra_a_forced_391_in_the_middle_of_a_stream_should_lose_nothing(stack:
         stack.proxy.inject_reauth(1, commands={"getMore"})
         worker = threading.Thread(target=replicator.run_pass, args=("orders",), daemon=True)
         worker.start()
-        _wait_until(lambda: estuary.count_documents({}) >= 30)
+        wait_until(lambda: estuary.count_documents({}) >= 30)
         source.insert_many([{"_id": f"b{i}"} for i in range(30)])
         worker.join(60)
         assert not worker.is_alive()
@@ -257,14 +257,6 @@ def test_entra_a_forced_391_in_the_middle_of_a_stream_should_lose_nothing(stack:
 def test_an_unknown_stream_name_should_be_a_config_error(harness):
     with pytest.raises(ConfigError, match="no stream named 'nope'"):
         harness.replicator().run_pass("nope")
-
-
-def _wait_until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_streams_sharing_the_checkpoint_collection_should_keep_separate_leases(harness):

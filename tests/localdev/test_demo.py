@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,17 +32,26 @@ def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _processes_using(directory: Path) -> list[str]:
-    """Command lines of running processes that mention ``directory`` (Linux /proc; empty elsewhere)."""
-    found = []
+def _processes_using(directory: Path) -> dict[int, str]:
+    """Running processes whose command line mentions ``directory``, by pid (Linux /proc; empty elsewhere)."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         if str(directory) in text:
-            found.append(text)
+            found[int(cmdline.parent.name)] = text
     return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Whatever happens in a test, kill what a failed demo left behind (servers run in their own sessions)."""
+    yield
+    for pid in _processes_using(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_demo_should_replicate_live_and_find_estuary_equal_to_source_when_run_for_a_few_seconds(tmp_path):
@@ -52,7 +63,7 @@ def test_demo_should_replicate_live_and_find_estuary_equal_to_source_when_run_fo
     assert "replicating" in out
     assert "estuary == source: OK" in out
     assert "stand-ins stopped" in out
-    assert _processes_using(tmp_path) == []
+    assert _processes_using(tmp_path) == {}
 
 
 def test_demo_should_catch_up_verify_and_stop_everything_when_its_process_group_gets_ctrl_c(tmp_path):
@@ -72,4 +83,4 @@ def test_demo_should_catch_up_verify_and_stop_everything_when_its_process_group_
     assert demo.returncode == 0, out
     assert "estuary == source: OK" in out
     assert "stand-ins stopped" in out
-    assert _processes_using(tmp_path) == []
+    assert _processes_using(tmp_path) == {}

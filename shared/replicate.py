@@ -35,6 +35,8 @@ from shared.telemetry import get_logger
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pymongo.collection import Collection
+
     from shared.auth.mongo_client import ClientFactory
     from shared.clock import Clock
     from shared.config import MongoConfig, ReplicatorConfig, StreamConfig
@@ -118,10 +120,12 @@ class Replicator:
         )
         return result
 
-    def collection(self, endpoint: MongoConfig) -> Any:
+    def collection(self, endpoint: MongoConfig) -> Collection[RawBSONDocument]:
         """The endpoint's collection through the shared client, reading raw BSON (no decode / re-encode)."""
         database = self._factory.client(endpoint)[endpoint.database or ""]
-        return database.get_collection(endpoint.collection or "", codec_options=_RAW)
+        # pymongo's stubs type a collection by the client's document class, not by the codec options given here.
+        raw: Collection[RawBSONDocument] = database.get_collection(endpoint.collection or "", codec_options=_RAW)  # type: ignore[assignment]
+        return raw
 
 
 class _Pass:

@@ -1,0 +1,172 @@
+"""``run`` and ``status``: replicate from the command line, and see what every stream did."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+from shared.auth.mongo_client import ClientFactory
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, age, ago, when
+from shared.clock import SystemClock
+from shared.config_loader import load_config
+from shared.position import Checkpoint
+from shared.redaction import redact_text
+from shared.replicate import PassResult, Replicator
+from shared.telemetry import ReplicationMetrics, correlation
+
+# ---------------------------------------------------------------------------------------------- run
+
+_FAILED_OUTCOMES = frozenset({"stopped", "failed"})
+_RETRY_PAUSE = 5.0  # seconds before a stream's next pass after one that raised
+_LEASE_HELD_PAUSE = 2.0  # seconds before asking again for a stream another worker holds
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    add_config(parser)
+    parser.add_argument("--once", action="store_true", help="one pass per stream, then exit")
+    parser.add_argument("--stream", action="append", metavar="NAME", help="only this stream (repeatable)")
+
+
+def execute_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    factory = ClientFactory()
+    replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
+    names = args.stream or [s.name for s in config.streams if s.enabled]
+    for name in names:
+        replicator.stream(name)  # unknown names are a usage error before anything starts
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    failures: list[str] = []
+    report = _print_json_line if args.json else _print_pass
+    workers = [
+        threading.Thread(target=_run_stream, args=(replicator, n, stop, args.once, failures, report), name=n)
+        for n in names
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        while any(w.is_alive() for w in workers):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("stopping: finishing the current batches...", file=sys.stderr)
+        stop.set()
+        for worker in workers:
+            worker.join()
+    finally:
+        factory.close()
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _run_stream(
+    replicator: Replicator,
+    name: str,
+    stop: threading.Event,
+    once: bool,
+    failures: list[str],
+    report: Callable[[PassResult], None],
+) -> None:
+    while not stop.is_set():
+        with correlation():
+            try:
+                result = replicator.run_pass(name, stop=stop)
+            except Exception as exc:  # noqa: BLE001 (the pass recorded it; a long run must outlive any pass)
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {redact_text(str(exc))}"
+                print(f"{name}: pass failed: {message}", file=sys.stderr)
+                if once:
+                    failures.append(name)
+                    return
+                stop.wait(_RETRY_PAUSE)
+                continue
+        report(result)
+        if result.outcome in _FAILED_OUTCOMES:
+            failures.append(name)
+            return
+        if once:
+            return
+        if result.outcome == "lease_held":
+            stop.wait(_LEASE_HELD_PAUSE)  # another worker has it; look again later instead of spinning
+
+
+def _print_pass(result: PassResult) -> None:
+    lag = f"{result.lag_seconds:.1f}s" if result.lag_seconds is not None else "-"
+    rate = result.events / result.seconds if result.seconds else 0.0
+    line = (
+        f"{result.stream}: {result.outcome:<11} {result.events} events ({rate:.0f}/s), {result.applied} applied, "
+        f"{result.dead_lettered} dead-lettered, lag {lag}, {result.seconds:.1f}s"
+    )
+    print(line + (f" - {result.detail}" if result.detail else ""), flush=True)
+
+
+def _print_json_line(result: PassResult) -> None:
+    print(json.dumps(asdict(result)), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def _configure_status(parser: argparse.ArgumentParser) -> None:
+    add_config(parser)
+
+
+def execute_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    factory = ClientFactory()
+    try:
+        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
+        rows = [(s.name, replicator.checkpoints.read(s.name)) for s in config.streams]
+    finally:
+        factory.close()
+    now = time.time()
+    if args.json:
+        print(json.dumps([_status_dict(name, cp, now) for name, cp in rows], indent=2, default=str))
+    else:
+        print("\n\n".join(_render_status(name, cp, now) for name, cp in rows))
+    return EXIT_FAILED if any(cp and cp.status in _FAILED_OUTCOMES for _, cp in rows) else EXIT_OK
+
+
+def _status_dict(name: str, cp: Checkpoint | None, now: float) -> dict[str, object]:
+    if cp is None:
+        return {"stream": name, "status": "never run"}
+    return {
+        "stream": name,
+        "status": cp.status,
+        "checkpoint_age_s": age(cp.updated_at, now),
+        "last_event_age_s": age(cp.last_event_at, now),
+        "has_resume_token": cp.resume_token is not None,
+        "counters": cp.counters,
+        "last_error": cp.last_error,
+        "gaps": cp.gaps,
+        "lease_owner": cp.lease_owner if (cp.lease_expires_at or 0) > now else None,
+    }
+
+
+def _render_status(name: str, cp: Checkpoint | None, now: float) -> str:
+    if cp is None:
+        return f"{name}: never run"
+    data = _status_dict(name, cp, now)
+    counters = ", ".join(f"{k} {v}" for k, v in sorted(cp.counters.items())) or "none yet"
+    lines = [
+        f"{name}: {cp.status}" + (f" (pass running on {data['lease_owner']})" if data["lease_owner"] else ""),
+        f"    checkpoint {ago(data['checkpoint_age_s'])}; last applied event {ago(data['last_event_age_s'])}",
+        f"    counters   {counters}",
+    ]
+    if cp.last_error:
+        lines.append(f"    last error {cp.last_error.get('message')} ({ago(age(cp.last_error.get('at'), now))})")
+    for gap in cp.gaps[-3:]:
+        lines.append(
+            f"    GAP        events from {when(gap.get('from'))} to {when(gap.get('to'))} were not "
+            f"replicated: {gap.get('reason')}"
+        )
+    return "\n".join(lines)
+
+
+COMMANDS = (
+    Command("run", "replicate: passes for every enabled stream until Ctrl-C", _configure_run, execute_run),
+    Command("status", "each stream's checkpoint: position, lag, counters, errors", _configure_status, execute_status),
+)

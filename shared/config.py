@@ -273,10 +273,16 @@ class StreamConfig(BaseModel):
     max_apply_attempts: int = Field(
         3, ge=1, le=20, description="Tries per refused document before it goes to the dead-letter collection."
     )
-    on_history_lost: Literal["fail", "start_now"] = Field(
+    initial_sync: bool = Field(
+        False,
+        description="Copy the source collection into the estuary (resumable, in _id order) before streaming its "
+        "changes from the point captured when the copy began; without it a new stream starts at 'now'.",
+    )
+    on_history_lost: Literal["fail", "start_now", "resnapshot"] = Field(
         "fail",
         description="When the saved resume token is gone from the change log: 'fail' stops the stream loudly; "
-        "'start_now' continues from now and records the gap (reported by status).",
+        "'start_now' continues from now and records the gap (reported by status); 'resnapshot' copies the "
+        "collection again (as initial_sync does) and converges without a gap.",
     )
     on_invalidate: Literal["stop", "ignore"] = Field(
         "stop",

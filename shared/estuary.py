@@ -24,6 +24,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from shared.dead_letters import DeadLetters
 from shared.errors import TransientError
 from shared.mongo_errors import is_transient, is_transient_code
 from shared.telemetry import get_logger
@@ -31,7 +32,6 @@ from shared.telemetry import get_logger
 if TYPE_CHECKING:
     from pymongo.collection import Collection
 
-    from shared.clock import Clock
     from shared.config import TransformConfig
 
 WriteOp = ReplaceOne[Any] | DeleteOne
@@ -54,31 +54,6 @@ class ApplyResult:
 class _Planned:
     event: RawBSONDocument
     op: WriteOp
-
-
-class DeadLetters:
-    """Parks events the estuary refused for good; keyed by (stream, event token), so replays do not duplicate."""
-
-    def __init__(self, collection: Collection[Any], *, clock: Clock) -> None:
-        self._collection = collection
-        self._clock = clock
-
-    def park(self, stream: str, event: RawBSONDocument, *, code: int | None, message: str, attempts: int) -> None:
-        now = self._clock.time()
-        self._collection.replace_one(
-            {"_id": {"stream": stream, "token": event["_id"]}},
-            {
-                "_id": {"stream": stream, "token": event["_id"]},
-                "stream": stream,
-                "operation": event["operationType"],
-                "document_key": event["documentKey"],
-                "event": event,
-                "error": {"code": code, "message": message[:2000]},
-                "attempts": attempts,
-                "parked_at": now,
-            },
-            upsert=True,
-        )
 
 
 class EstuaryWriter:
@@ -158,10 +133,7 @@ class EstuaryWriter:
         return None
 
     def _transformed(self, document: RawBSONDocument) -> Mapping[str, Any]:
-        if self._transform is None:
-            return document  # raw bytes go straight back on the wire
-        rename, drop = self._transform.rename, set(self._transform.drop)
-        return {rename.get(name, name): value for name, value in document.items() if name not in drop}
+        return transformed(document, self._transform)
 
     def _write(self, ops: Sequence[WriteOp]) -> dict[int, tuple[int | None, str]]:
         """Run one unordered bulk write; return the refused operations by index (transient errors raise)."""
@@ -182,6 +154,14 @@ class EstuaryWriter:
                 raise TransientError(f"estuary write failed: {type(exc).__name__}: {exc}") from exc
             raise
         return {}
+
+
+def transformed(document: RawBSONDocument, transform: TransformConfig | None) -> Mapping[str, Any]:
+    """The document as the estuary stores it: the raw bytes as they are, or with the field mapping applied."""
+    if transform is None:
+        return document  # raw bytes go straight back on the wire
+    rename, drop = transform.rename, set(transform.drop)
+    return {rename.get(name, name): value for name, value in document.items() if name not in drop}
 
 
 def _key(event: RawBSONDocument) -> bytes:

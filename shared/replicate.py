@@ -26,8 +26,9 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
+from shared.dead_letters import DeadLetters
 from shared.errors import ConfigError, ReplicatorError, TransientError
-from shared.estuary import ApplyResult, DeadLetters, EstuaryWriter
+from shared.estuary import ApplyResult, EstuaryWriter
 from shared.position import Checkpoint, CheckpointStore, Lease, LeaseLostError
 from shared.streams import Batch, ChangeStreamReader, HistoryLostError
 from shared.telemetry import get_logger

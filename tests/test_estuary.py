@@ -15,8 +15,9 @@ from pymongo import MongoClient
 
 from shared.clock import SystemClock
 from shared.config import TransformConfig
+from shared.dead_letters import DeadLetters
 from shared.errors import TransientError
-from shared.estuary import DeadLetters, EstuaryWriter
+from shared.estuary import EstuaryWriter
 from shared.position import Checkpoint
 from tests.conftest import Harness
 

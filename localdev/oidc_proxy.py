@@ -118,6 +118,7 @@ class OIDCProxy(Service):
         self._reauth_pending = 0
         self._reauth_commands: frozenset[str] | None = None
         self._reauth_sent = 0
+        self._errors_pending: dict[str, tuple[int, str, int]] = {}
         self._sasl_starts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -158,6 +159,12 @@ class OIDCProxy(Service):
         with self._lock:
             self._reauth_pending = count
             self._reauth_commands = None if commands is None else frozenset(commands)
+
+    def inject_error(self, command: str, code: int, message: str, *, count: int = 1) -> None:
+        """Answer the next ``count`` authenticated ``command`` requests with error ``code`` instead of forwarding
+        them: how tests meet server errors nx-27017 never produces (286 ChangeStreamHistoryLost, say)."""
+        with self._lock:
+            self._errors_pending[command] = (code, message, count)
 
     def start(self) -> OIDCProxy:
         """Start listening; a no-op when already running."""
@@ -281,7 +288,18 @@ class OIDCProxy(Service):
         if self._reauth_due(name, session):
             session.principal = None
             return _error(REAUTHENTICATION_REQUIRED, "ReauthenticationRequired", "Reauthentication required")
-        return None
+        return self._injected_error(name)
+
+    def _injected_error(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            if name not in self._errors_pending:
+                return None
+            code, message, count = self._errors_pending[name]
+            if count <= 1:
+                del self._errors_pending[name]
+            else:
+                self._errors_pending[name] = (code, message, count - 1)
+        return _error(code, "InjectedError", message)
 
     def _reauth_due(self, name: str, session: _Session) -> bool:
         with self._lock:

@@ -1,40 +1,343 @@
 """The dead-letter collection: events the estuary refused for good, parked with the error and the attempts.
 
-Parked events are keyed by (stream, event token), so parking the same event again (a replayed batch) does not
-duplicate it. They live next to the checkpoints, in the checkpoint store's database.
+A parked event is ``{_id: {stream, token}, ref, stream, operation, document_key, event, error: {code, message},
+attempts, parked_at}`` in the ``dead_letters`` collection of the checkpoint store's database. It is keyed by
+(stream, event token), so parking the same event again (a batch applied twice, a replay refused again) updates the
+one record: ``error`` and ``parked_at`` are the latest, ``attempts`` adds up, ``event`` stays the change event
+first refused. ``ref`` is a short string derived from ``_id``; records are indexed, found and deleted by it rather
+than by the compound ``_id``, because equality on a sub-document ``_id`` is not answered by every
+MongoDB-compatible server, while a scalar is, and prints well.
+
+``replay`` re-applies parked events through the estuary writer, safely: a parked event's post-image may be older
+than what the estuary has received since, so instead of the event it writes the *current* source document (or a
+delete when the source no longer has it), while holding the stream's lease so that no pass writes at the same
+time. A record is deleted only after the estuary acknowledged its write; a write refused again stays parked.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import hashlib
+import re
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from bson.raw_bson import RawBSONDocument
     from pymongo.collection import Collection
 
     from shared.clock import Clock
+    from shared.config import StreamConfig
+    from shared.estuary import EstuaryWriter
+    from shared.position import CheckpointStore
+
+ReplayOutcome = Literal["done", "lease_held", "lease_expiring", "pipeline"]
+
+REPLAY_BATCH = 100  # parked events replayed (source reads, one bulk write, one delete) at a time
+_LEASE_MARGIN = 1 / 3  # of the lease left unused: no batch starts later, so none ends after the lease
+_RAW = CodecOptions(document_class=RawBSONDocument)
+# Everything but the event: listing and replaying never load a document's contents.
+_SUMMARY = {"ref": 1, "stream": 1, "operation": 1, "document_key": 1, "error": 1, "attempts": 1, "parked_at": 1}
+# MongoDB quotes the duplicated values in E11000 messages: `... index: email_1 dup key: { email: "a@b.c" }`.
+_DUP_KEY_VALUES = re.compile(r"dup key: \{.*\}", re.DOTALL)
+
+_log = get_logger(__name__)
+
+
+def parked_ref(stream: str, token: Mapping[str, Any]) -> str:
+    """The record's short id: a hash of the stream and of the event token's BSON (16 hex digits)."""
+    raw = token.raw if isinstance(token, RawBSONDocument) else bson.encode(token)
+    return hashlib.sha256(stream.encode() + b"\0" + raw).hexdigest()[:16]
+
+
+def without_values(message: str) -> str:
+    """An error message without the document values servers quote in it (the duplicated key of an E11000)."""
+    return _DUP_KEY_VALUES.sub("dup key: { ... }", message)
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    """A dead letter without its event (which holds the document, maybe personal data)."""
+
+    ref: str
+    stream: str
+    token: Mapping[str, Any]  # the refused change event's _id, as stored
+    operation: str
+    document_key: Mapping[str, Any]
+    error_code: int | None
+    error_message: str
+    attempts: int
+    parked_at: float | None
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> ParkedEvent:
+        ident, error = doc["_id"], doc.get("error") or {}
+        return cls(
+            ref=doc.get("ref") or parked_ref(ident["stream"], ident["token"]),
+            stream=str(ident["stream"]),
+            token=ident["token"],
+            operation=str(doc.get("operation")),
+            document_key=doc.get("document_key") or {},
+            error_code=error.get("code"),
+            error_message=str(error.get("message", "")),
+            attempts=int(doc.get("attempts") or 0),
+            parked_at=doc.get("parked_at"),
+        )
 
 
 class DeadLetters:
-    """Parks events the estuary refused for good; keyed by (stream, event token), so replays do not duplicate."""
+    """Parks events the estuary refused for good, and lists, replays and purges them."""
 
     def __init__(self, collection: Collection[Any], *, clock: Clock) -> None:
-        self._collection = collection
+        self._collection: Collection[Any] = collection.with_options(codec_options=_RAW)
         self._clock = clock
+        self._indexed = False
 
     def park(self, stream: str, event: RawBSONDocument, *, code: int | None, message: str, attempts: int) -> None:
-        now = self._clock.time()
-        self._collection.replace_one(
-            {"_id": {"stream": stream, "token": event["_id"]}},
-            {
-                "_id": {"stream": stream, "token": event["_id"]},
+        """Park ``event`` after ``attempts`` refused writes, or add them to its record if it is parked already."""
+        self._ensure_index()
+        token = event["_id"]
+        ref = parked_ref(stream, token)
+        update = {
+            "$set": {"error": {"code": code, "message": message[:2000]}, "parked_at": self._clock.time()},
+            "$inc": {"attempts": attempts},
+            "$setOnInsert": {
+                "_id": {"stream": stream, "token": token},
                 "stream": stream,
                 "operation": event["operationType"],
                 "document_key": event["documentKey"],
                 "event": event,
-                "error": {"code": code, "message": message[:2000]},
-                "attempts": attempts,
-                "parked_at": now,
             },
-            upsert=True,
+        }
+        try:
+            self._collection.update_one({"ref": ref}, update, upsert=True)
+        except DuplicateKeyError:
+            # The _id exists without this ref: a record parked before refs existed, or one inserted by a worker
+            # racing this one. Give it its ref (a no-op in the race) and update it.
+            self._collection.update_one(
+                {"_id": {"stream": stream, "token": token}, "ref": {"$exists": False}}, {"$set": {"ref": ref}}
+            )
+            self._collection.update_one({"ref": ref}, update, upsert=True)
+
+    def count(self, stream: str | None = None) -> int:
+        """How many events are parked, for one stream or in all."""
+        return self._collection.count_documents(_of(stream))
+
+    def streams(self) -> dict[str, int]:
+        """How many events each stream has parked, by stream name (streams with none are absent)."""
+        groups = self._collection.aggregate([{"$group": {"_id": "$stream", "parked": {"$sum": 1}}}])
+        return {str(g["_id"]): int(g["parked"]) for g in sorted(groups, key=lambda g: str(g["_id"]))}
+
+    def newest(self, stream: str, limit: int) -> list[ParkedEvent]:
+        """The ``limit`` most recently parked events of ``stream``, newest first."""
+        cursor = self._collection.find({"stream": stream}, _SUMMARY).sort([("parked_at", -1), ("_id", -1)])
+        return [ParkedEvent.from_document(doc) for doc in cursor.limit(limit)]
+
+    def iter_parked(self, stream: str, batch: int) -> Generator[list[ParkedEvent], None, None]:
+        """Every parked event of ``stream`` in ``_id`` order, ``batch`` at a time, so memory stays bounded.
+
+        One cursor in ``_id`` order: deleting or re-parking records already yielded is safe (an ``_id`` never
+        changes, so no record is yielded twice). Close the generator to end early.
+        """
+        cursor = self._collection.find({"stream": stream}, _SUMMARY, batch_size=batch).sort("_id", 1)
+        with cursor:
+            chunk: list[ParkedEvent] = []
+            for doc in cursor:
+                chunk.append(ParkedEvent.from_document(doc))
+                if len(chunk) == batch:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+    def remove(self, refs: Iterable[str]) -> int:
+        """Delete these records (by ``ref``); returns how many were deleted."""
+        wanted = list(refs)
+        if not wanted:
+            return 0
+        self._ensure_index()
+        return self._collection.delete_many({"ref": {"$in": wanted}}).deleted_count
+
+    def purge(self, stream: str | None = None) -> int:
+        """Delete every parked event of ``stream`` (of all streams when ``None``); returns how many."""
+        deleted = self._collection.delete_many(_of(stream)).deleted_count
+        _log.info(
+            "dead letters purged: %d of %s",
+            deleted,
+            f"stream {stream}" if stream else "every stream",
+            extra={"event": "dead_letters_purged", "stream": stream},
         )
+        return deleted
+
+    def _ensure_index(self) -> None:
+        """Index ``ref`` once per process (a no-op when it exists); without it everything works, only slower."""
+        if self._indexed:
+            return
+        try:
+            self._collection.create_index("ref")
+        except OperationFailure as exc:  # e.g. an identity allowed to write documents but not to create indexes
+            _log.warning("dead letters: could not index 'ref' (%s); lookups will scan the collection", exc)
+        self._indexed = True
+
+
+# ---------------------------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayResult:
+    """What replaying one stream's dead letters did; ``outcome`` says why it ended."""
+
+    stream: str
+    outcome: ReplayOutcome = "done"
+    replayed: int = 0  # the current source document was written to the estuary
+    source_gone: int = 0  # the source no longer has the document: deleted from the estuary
+    still_refused: int = 0  # refused again: still parked, its attempts grew
+    remaining: int = 0  # parked for the stream afterwards
+    detail: str | None = None
+
+
+def replay(
+    stream: StreamConfig,
+    *,
+    dead_letters: DeadLetters,
+    checkpoints: CheckpointStore,
+    source: Collection[RawBSONDocument],
+    estuary: Collection[Any],
+    owner: str,
+    clock: Clock,
+    limit: int | None = None,
+    batch_size: int = REPLAY_BATCH,
+) -> ReplayResult:
+    """Apply the current source state of ``stream``'s parked documents, holding the stream's lease.
+
+    Ends early (outcome ``lease_expiring``) before the lease could run out, so no pass ever writes at the same
+    time; running it again goes on where it stopped. ``limit`` replays at most that many. Transient failures
+    raise (``TransientError``) with the lease released and nothing of the failed batch deleted.
+    """
+    from shared.estuary import EstuaryWriter  # here: estuary.py imports this module
+
+    result = ReplayResult(stream.name)
+    if stream.pipeline:
+        result.outcome, result.remaining = "pipeline", dead_letters.count(stream.name)
+        result.detail = (
+            "the stream filters or reshapes its events with a pipeline, which replaying the current source "
+            "documents would bypass; not replayed"
+        )
+        return result
+    acquired = checkpoints.acquire(stream.name, owner, stream.lease_duration)
+    if acquired is None:
+        result.outcome, result.remaining = "lease_held", dead_letters.count(stream.name)
+        result.detail = f"a pass of stream {stream.name} is running; try again when it ends"
+        return result
+    lease, _ = acquired
+    deadline = lease.expires_at - stream.lease_duration * _LEASE_MARGIN
+    refusals = _Refusals(dead_letters)
+    writer = EstuaryWriter(
+        estuary, refusals, stream=stream.name, max_attempts=stream.max_apply_attempts, transform=stream.transform
+    )
+    left = limit
+    try:
+        size = min(batch_size, limit) if limit else batch_size
+        with closing(dead_letters.iter_parked(stream.name, size)) as batches:
+            for batch in batches:
+                if clock.time() >= deadline:
+                    result.outcome = "lease_expiring"
+                    break
+                chunk = batch if left is None else batch[:left]
+                _replay_batch(chunk, source, writer, refusals, dead_letters, result)
+                if left is not None:
+                    left -= len(chunk)
+                    if left <= 0:
+                        break
+    finally:
+        checkpoints.release(lease)
+    result.remaining = dead_letters.count(stream.name)
+    _log.info(
+        "stream %s: dead letters replayed (%s): %d written, %d deleted (gone from the source), %d still refused, "
+        "%d left",
+        stream.name,
+        result.outcome,
+        result.replayed,
+        result.source_gone,
+        result.still_refused,
+        result.remaining,
+        extra={"event": "dead_letters_replayed", "stream": stream.name},
+    )
+    return result
+
+
+class _Refusals(DeadLetters):
+    """The dead letters as the replay's writer sees them: it parks as usual and remembers which documents."""
+
+    def __init__(self, inner: DeadLetters) -> None:
+        super().__init__(inner._collection, clock=inner._clock)
+        self._indexed = inner._indexed
+        self.document_keys: set[bytes] = set()
+
+    def park(self, stream: str, event: RawBSONDocument, *, code: int | None, message: str, attempts: int) -> None:
+        super().park(stream, event, code=code, message=message, attempts=attempts)
+        self.document_keys.add(_document_key(event))
+
+
+def _replay_batch(
+    batch: Sequence[ParkedEvent],
+    source: Collection[RawBSONDocument],
+    writer: EstuaryWriter,
+    refusals: _Refusals,
+    dead_letters: DeadLetters,
+    result: ReplayResult,
+) -> None:
+    usable = [p for p in batch if "_id" in p.document_key]
+    for p in batch:
+        if "_id" not in p.document_key:  # never written by park; left for a person rather than guessed at
+            _log.warning("stream %s: dead letter %s has no document key; left parked", p.stream, p.ref)
+            result.still_refused += 1
+    events = _current_events(source, usable) if usable else []
+    refusals.document_keys.clear()
+    writer.apply(events)
+    done = []
+    for parked, event in zip(usable, events, strict=True):
+        # Events on one document collapse to one write: each stays parked if that write was refused.
+        if _document_key(event) in refusals.document_keys:
+            result.still_refused += 1
+            continue
+        done.append(parked.ref)
+        if event["operationType"] == "delete":
+            result.source_gone += 1
+        else:
+            result.replayed += 1
+    dead_letters.remove(done)
+
+
+def _current_events(source: Collection[RawBSONDocument], batch: Sequence[ParkedEvent]) -> list[RawBSONDocument]:
+    """For each parked event, a change event carrying its document's current state (a delete when it is gone)."""
+    found = list(source.find({"$or": [dict(p.document_key) for p in batch]}))
+    events = []
+    for parked in batch:
+        key = parked.document_key
+        current = next((doc for doc in found if all(name in doc and doc[name] == v for name, v in key.items())), None)
+        if current is None:  # the server's equality, not Python's, decides that a document is gone
+            current = source.find_one(dict(key))
+        body: dict[str, Any] = {"_id": parked.token, "documentKey": key}
+        if current is None:
+            body["operationType"] = "delete"
+        else:
+            body["operationType"], body["fullDocument"] = "replace", current
+        events.append(RawBSONDocument(bson.encode(body)))
+    return events
+
+
+def _document_key(event: RawBSONDocument) -> bytes:
+    key = event["documentKey"]
+    return bytes(key.raw) if isinstance(key, RawBSONDocument) else bson.encode(key)
+
+
+def _of(stream: str | None) -> dict[str, Any]:
+    return {} if stream is None else {"stream": stream}

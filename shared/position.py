@@ -31,6 +31,9 @@ SCHEMA_VERSION = 1
 # new: never ran; running: a pass is under way; idle: the last pass ended normally; retrying: the last pass failed
 # and the next one retries; stopped / failed: needs an operator (lifecycle event / lost resume token).
 StreamStatus = Literal["new", "running", "idle", "retrying", "stopped", "failed"]
+# streaming: the change stream is read from resume_token; copying: an initial sync / resnapshot is under way,
+# its progress in ``snapshot`` ({reason, handoff_token, last_id, copied, total_estimate, started_at, ...}).
+Phase = Literal["streaming", "copying"]
 _MAX_GAPS_KEPT = 100
 
 
@@ -63,6 +66,10 @@ class Checkpoint:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    phase: Phase = "streaming"
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    token_saved_at: float | None = None  # when resume_token was last written: its age is what ages out
+    source_bytes_per_s: float | None = None  # recent change volume seen on the source (for the age warning)
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> Checkpoint:
@@ -80,6 +87,10 @@ class Checkpoint:
             gaps=list(doc.get("gaps") or []),
             lease_owner=lease.get("owner"),
             lease_expires_at=lease.get("expires_at"),
+            phase=doc.get("phase", "streaming"),
+            snapshot=dict(doc.get("snapshot") or {}),
+            token_saved_at=doc.get("token_saved_at", doc.get("updated_at")),
+            source_bytes_per_s=doc.get("source_bytes_per_s"),
         )
 
 
@@ -134,6 +145,7 @@ class CheckpointStore:
             "$set": {
                 "resume_token": resume_token,
                 "start_after": start_after,
+                "token_saved_at": now,
                 "updated_at": now,
                 "status": status,
                 "lease.expires_at": now + duration,
@@ -147,11 +159,64 @@ class CheckpointStore:
         self._fenced(lease, update)
         return Lease(lease.stream, lease.owner, lease.epoch, now + duration)
 
-    def set_status(self, lease: Lease, status: StreamStatus, *, error: Mapping[str, Any] | None = None) -> None:
+    def set_status(
+        self,
+        lease: Lease,
+        status: StreamStatus,
+        *,
+        error: Mapping[str, Any] | None = None,
+        clear_error: bool = False,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         """Record how the stream stands (and why), without moving the token."""
-        fields: dict[str, Any] = {"status": status, "updated_at": self._clock.time()}
+        fields: dict[str, Any] = {"status": status, "updated_at": self._clock.time(), **(extra or {})}
         if error is not None:
             fields["last_error"] = {**error, "at": self._clock.time()}
+        update: dict[str, Any] = {"$set": fields}
+        if clear_error:
+            update["$unset"] = {"last_error": ""}
+        self._fenced(lease, update)
+
+    def begin_snapshot(self, lease: Lease, *, reason: str) -> None:
+        """Ask for a copy of the source (initial sync, resnapshot, operator reset); the pass captures where the
+        change stream resumes before it copies anything."""
+        now = self._clock.time()
+        snapshot = {"reason": reason, "requested_at": now, "handoff_token": None, "last_id": None, "copied": 0}
+        self._fenced(
+            lease,
+            {"$set": {"phase": "copying", "snapshot": snapshot, "updated_at": now}, "$inc": {"counters.snapshots": 1}},
+        )
+
+    def start_copy(self, lease: Lease, *, handoff_token: Mapping[str, Any], total_estimate: int) -> None:
+        """Record the change-stream position captured before the copy, and the size to expect."""
+        now = self._clock.time()
+        fields = {
+            "snapshot.handoff_token": handoff_token,
+            "snapshot.total_estimate": total_estimate,
+            "snapshot.started_at": now,
+            "token_saved_at": now,
+            "updated_at": now,
+        }
+        self._fenced(lease, {"$set": fields})
+
+    def save_copy_progress(self, lease: Lease, *, last_id: Any, copied: int, duration: float) -> Lease:
+        """Move the copy's position (after the estuary acknowledged the batch) and renew the lease."""
+        now = self._clock.time()
+        fields = {"snapshot.last_id": last_id, "updated_at": now, "lease.expires_at": now + duration}
+        self._fenced(lease, {"$set": fields, "$inc": {"snapshot.copied": copied, "counters.copied": copied}})
+        return Lease(lease.stream, lease.owner, lease.epoch, now + duration)
+
+    def finish_copy(self, lease: Lease, *, handoff_token: Mapping[str, Any]) -> None:
+        """The copy is complete: stream the changes from the position captured before it began."""
+        now = self._clock.time()
+        fields = {
+            "phase": "streaming",
+            "resume_token": handoff_token,
+            "start_after": False,
+            "token_saved_at": now,
+            "snapshot.finished_at": now,
+            "updated_at": now,
+        }
         self._fenced(lease, {"$set": fields})
 
     def record_gap(self, lease: Lease, checkpoint: Checkpoint, *, since: float | None, reason: str) -> None:
@@ -165,7 +230,13 @@ class CheckpointStore:
         self._fenced(
             lease,
             {
-                "$set": {"resume_token": None, "start_after": False, "updated_at": now, "gaps": checkpoint.gaps},
+                "$set": {
+                    "resume_token": None,
+                    "start_after": False,
+                    "token_saved_at": None,
+                    "updated_at": now,
+                    "gaps": checkpoint.gaps,
+                },
                 "$inc": {"counters.gaps": 1},
             },
         )

@@ -15,12 +15,13 @@ the checkpoint store. The rules it keeps:
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
@@ -30,6 +31,7 @@ from shared.dead_letters import DeadLetters
 from shared.errors import ConfigError, ReplicatorError, TransientError
 from shared.estuary import ApplyResult, EstuaryWriter
 from shared.position import Checkpoint, CheckpointStore, Lease, LeaseLostError
+from shared.snapshot import MixedIdTypesError, SnapshotCopier
 from shared.streams import Batch, ChangeStreamReader, HistoryLostError
 from shared.telemetry import get_logger
 
@@ -51,6 +53,8 @@ _IDLE_SAVE_INTERVAL = 5.0  # seconds between checkpoint writes of the post-batch
 _APPLY_ATTEMPTS = 3  # tries of a batch that failed for a transient reason, within one pass
 _RAW = CodecOptions(document_class=RawBSONDocument)
 
+_T = TypeVar("_T")
+
 _log = get_logger(__name__)
 
 
@@ -65,6 +69,7 @@ class PassResult:
     skipped: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    copied: int = 0  # documents copied by an initial sync / resnapshot in this pass
     lag_seconds: float | None = None
     seconds: float = 0.0
     detail: str | None = None
@@ -142,6 +147,8 @@ class _Pass:
         self.stop = stop
         self.result = PassResult(stream.name, "idle")
         self.saved_at = float("-inf")
+        self.started = owner.clock.monotonic()
+        self.bytes_read = 0
         self.attributes = {"stream": stream.name}
         self.writer = EstuaryWriter(
             owner.collection(stream.estuary),
@@ -159,6 +166,8 @@ class _Pass:
                 self.result.outcome, self.result.detail = self.checkpoint.status, error.get("message")
             else:
                 self._loop()
+                if self.result.outcome not in ("stopped", "failed"):
+                    self.r.checkpoints.set_status(self.lease, "idle", extra=self._rate_fields())
         except LeaseLostError as exc:
             _log.warning("stream %s: %s", self.stream.name, exc.message, extra=self.attributes)
             self.result.outcome = "lease_lost"
@@ -172,16 +181,21 @@ class _Pass:
     def _loop(self) -> None:
         clock = self.r.clock
         deadline = clock.monotonic() + self.stream.time_budget
-        active_at = clock.monotonic()
         # A stream without a saved position (first pass, or after a gap) saves where it starts at once, so the
         # next pass resumes there instead of at a later "now".
         self.saved_at = clock.monotonic() if self.checkpoint.resume_token is not None else float("-inf")
         self.r.checkpoints.set_status(self.lease, "running")
+        if self.stream.initial_sync and self.checkpoint.status == "new" and self.checkpoint.resume_token is None:
+            self._begin_copy("initial_sync")
+        if self.checkpoint.phase == "copying" and not self._copy(deadline):
+            return
+        active_at = clock.monotonic()
         while not self._should_end(deadline, active_at):
             try:
                 batch = self.reader.next_batch(self.stream.batch_size)
             except HistoryLostError as exc:
-                if self._history_lost(exc):
+                if self._history_lost(exc, deadline):
+                    active_at = clock.monotonic()
                     continue
                 return
             if batch.events:
@@ -191,7 +205,74 @@ class _Pass:
                 self._save(batch, kind="idle")
             if batch.lifecycle is not None and not self._lifecycle(batch.lifecycle):
                 return
-        self.r.checkpoints.set_status(self.lease, "idle")
+
+    # ------------------------------------------------------------------------------------------ copying
+
+    def _begin_copy(self, reason: str) -> None:
+        self.r.checkpoints.begin_snapshot(self.lease, reason=reason)
+        self.checkpoint.phase, self.checkpoint.snapshot = "copying", {"reason": reason}
+        _log.warning(
+            "stream %s: copying the source collection (%s)",
+            self.stream.name,
+            reason,
+            extra={**self.attributes, "event": "copy_started"},
+        )
+
+    def _copy(self, deadline: float) -> bool:
+        """Copy the source into the estuary, resuming where the last pass stopped; True when the copy is done."""
+        snapshot, store = self.checkpoint.snapshot, self.r.checkpoints
+        copier = SnapshotCopier(
+            self.r.collection(self.stream.source),
+            self.r.collection(self.stream.estuary),
+            self.r.dead_letters,
+            stream=self.stream.name,
+            transform=self.stream.transform,
+            batch_size=self.stream.batch_size,
+        )
+        handoff = snapshot.get("handoff_token")
+        if handoff is None:
+            try:
+                copier.check_id_types()
+            except MixedIdTypesError as exc:
+                store.set_status(self.lease, "failed", error={"message": exc.message, "hint": exc.hint})
+                self.result.outcome, self.result.detail = "failed", exc.message
+                return False
+            capture = self._reader(None, start_after=False)
+            try:
+                handoff = capture.current_position()
+            finally:
+                capture.close()
+            store.start_copy(self.lease, handoff_token=handoff, total_estimate=copier.estimate())
+        last_id = snapshot.get("last_id")
+        while not self._should_end(deadline, active_at=self.r.clock.monotonic()):
+            started = self.r.clock.monotonic()
+            batch = self._with_retries(functools.partial(copier.copy_batch, last_id))
+            last_id = batch.last_id if batch.copied else last_id
+            self.lease = store.save_copy_progress(
+                self.lease, last_id=last_id, copied=batch.copied, duration=self.stream.lease_duration
+            )
+            self.result.copied += batch.copied
+            self.result.dead_lettered += batch.dead_lettered
+            self.r.metrics.documents_copied.add(batch.copied, self.attributes)
+            self.r.metrics.batch_duration.record(
+                self.r.clock.monotonic() - started, {**self.attributes, "phase": "copy"}
+            )
+            if batch.done:
+                store.finish_copy(self.lease, handoff_token=handoff)
+                self.checkpoint.phase, self.checkpoint.resume_token = "streaming", handoff
+                self.reader.close()
+                self.reader = self._reader(handoff, start_after=False)
+                self.saved_at = self.r.clock.monotonic()
+                _log.warning(
+                    "stream %s: copy finished (%d documents this pass); streaming changes from the hand-off point",
+                    self.stream.name,
+                    self.result.copied,
+                    extra={**self.attributes, "event": "copy_finished"},
+                )
+                return True
+        return False
+
+    # ------------------------------------------------------------------------------------------ streaming
 
     def _should_end(self, deadline: float, active_at: float) -> bool:
         """Interrupted, out of time, or idle for ``idle_timeout``: record why and say so."""
@@ -242,6 +323,7 @@ class _Pass:
         metrics, result = self.r.metrics, self.result
         result.batches += 1
         result.events += len(batch.events)
+        self.bytes_read += sum(len(event.raw) for event in batch.events)
         result.applied += sum(applied.applied.values())
         result.skipped += applied.skipped + applied.collapsed
         result.dead_lettered += applied.dead_lettered
@@ -254,7 +336,7 @@ class _Pass:
         if applied.dead_lettered:
             metrics.events_dead_lettered.add(applied.dead_lettered, self.attributes)
 
-    def _with_retries(self, apply: Callable[[], ApplyResult]) -> ApplyResult:
+    def _with_retries(self, apply: Callable[[], _T]) -> _T:
         for attempt in range(1, _APPLY_ATTEMPTS + 1):
             try:
                 return apply()
@@ -272,16 +354,28 @@ class _Pass:
                 self.r.clock.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _history_lost(self, exc: HistoryLostError) -> bool:
-        """Apply ``on_history_lost``; returns whether the pass goes on."""
-        name = self.stream.name
-        if self.stream.on_history_lost == "fail":
-            _log.error(
-                "stream %s: %s; stream stopped", name, exc.message, extra={**self.attributes, "event": "history_lost"}
-            )
+    def _history_lost(self, exc: HistoryLostError, deadline: float) -> bool:
+        """Apply ``on_history_lost``; returns whether the pass goes on (streaming)."""
+        name, policy = self.stream.name, self.stream.on_history_lost
+        log_extra = {**self.attributes, "event": "history_lost"}
+        if policy == "fail":
+            _log.error("stream %s: %s; stream stopped", name, exc.message, extra=log_extra)
             self.r.checkpoints.set_status(self.lease, "failed", error={"message": exc.message, "hint": exc.hint})
             self.result.outcome, self.result.detail = "failed", exc.message
             return False
+        self.reader.close()
+        if policy == "resnapshot":
+            _log.error(
+                "stream %s: %s; copying the collection again (on_history_lost: resnapshot)",
+                name,
+                exc.message,
+                extra=log_extra,
+            )
+            self.r.checkpoints.set_status(
+                self.lease, "running", error={"message": exc.message, "recovery": "resnapshot"}
+            )
+            self._begin_copy(f"resnapshot after: {exc.message}")
+            return self._copy(deadline)
         since = self.checkpoint.last_event_at or self.checkpoint.updated_at
         self.r.checkpoints.record_gap(self.lease, self.checkpoint, since=since, reason=exc.message)
         self.r.metrics.gaps.add(1, self.attributes)
@@ -291,7 +385,6 @@ class _Pass:
             exc.message,
             extra={**self.attributes, "event": "gap_recorded"},
         )
-        self.reader.close()
         self.reader = self._reader(None, start_after=False)
         self.saved_at = float("-inf")
         return True
@@ -309,6 +402,15 @@ class _Pass:
         self.reader.skip_to(event, start_after=kind == "invalidate")
         self._save(Batch(resume_token=event["_id"]), kind="lifecycle")
         return True
+
+    def _rate_fields(self) -> dict[str, float]:
+        """The source's recent change volume (bytes/s, smoothed over passes), for the token-age warning."""
+        elapsed = self.r.clock.monotonic() - self.started
+        if elapsed <= 0:
+            return {}
+        rate = self.bytes_read / elapsed
+        previous = self.checkpoint.source_bytes_per_s
+        return {"source_bytes_per_s": rate if previous is None else (previous + rate) / 2}
 
     def _record_failure(self, exc: Exception) -> None:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"

@@ -109,6 +109,22 @@ class ChangeStreamReader:
             self._position, self._start_after = batch.resume_token, False  # a token of the new stream
         return batch
 
+    def current_position(self) -> Mapping[str, Any]:
+        """Open the stream and say where it stands: the hand-off point of a copy that starts after this call.
+
+        A server gives a new stream a post-batch token; if it has none yet, one poll gives it, or gives the first
+        event after "now", whose own token is as good a hand-off (the copy that follows sees its effect).
+        """
+        stream = self._open()
+        token = stream.resume_token
+        if token is None:
+            event = self._try_next()
+            token = event["_id"] if event is not None else stream.resume_token
+        if token is None:
+            raise TransientError("the change stream gave no resume token to start from; retrying later")
+        self._position = token
+        return token
+
     def skip_to(self, event: RawBSONDocument, *, start_after: bool) -> None:
         """Move past a lifecycle event (policy 'ignore'); after an invalidate the stream must be reopened."""
         self._position = event["_id"]

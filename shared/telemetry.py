@@ -188,6 +188,12 @@ class ReplicationMetrics:
             "replicator_checkpoint_saves_total", description="Checkpoint writes, by kind (batch, idle)."
         )
         self.passes = m.create_counter("replicator_passes_total", description="Passes, by outcome.")
+        self.documents_copied = m.create_counter(
+            "replicator_documents_copied_total", description="Documents copied by initial sync / resnapshot."
+        )
+        self.token_age = m.create_histogram(
+            "replicator_token_age_seconds", unit="s", description="Age of each stream's saved resume token (per tick)."
+        )
         self.gaps = m.create_counter(
             "replicator_gaps_total", description="Recorded gaps (history lost with on_history_lost: start_now)."
         )

@@ -2,6 +2,158 @@
 
 from __future__ import annotations
 
-from shared.cli.common import Command
+import argparse
+import json
 
-COMMANDS: tuple[Command, ...] = ()
+from pymongo.errors import PyMongoError
+
+from shared.auth.mongo_client import ClientFactory
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config
+from shared.clock import SystemClock
+from shared.config_loader import load_config
+from shared.errors import ConfigError, ReplicatorError
+from shared.redaction import redact_text
+from shared.replicate import Replicator
+from shared.telemetry import ReplicationMetrics
+from shared.verify import Discrepancies, StreamVerification, VerifyOptions, verify_stream
+
+_KIND_LINES = {
+    "missing": "in the source, not in the estuary",
+    "extra": "in the estuary, not in the source",
+    "differing": "in both, estuary copy differs",
+}
+
+
+def _configure_verify(parser: argparse.ArgumentParser) -> None:
+    add_config(parser)
+    parser.add_argument(
+        "--stream", action="append", metavar="NAME", help="only this stream (repeatable; default: every enabled one)"
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--sample", type=_positive_int, default=1000, metavar="N", help="compare N random _ids of each side (1000)"
+    )
+    scope.add_argument(
+        "--all", action="store_true", help="compare every document: both collections read in _id order, in batches"
+    )
+    parser.add_argument(
+        "--recheck-delay",
+        type=_non_negative_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="read every _id found wrong again after this long, and report only those still wrong (2)",
+    )
+
+
+def execute_verify(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    names: list[str] = args.stream or [s.name for s in config.streams if s.enabled]
+    if not names:
+        raise ConfigError(["streams: none is enabled; name one with --stream"], source=args.config)
+    options = VerifyOptions(mode="all" if args.all else "sample", sample=args.sample, recheck_delay=args.recheck_delay)
+    factory = ClientFactory()
+    try:
+        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
+        streams = [replicator.stream(name) for name in names]  # unknown names: a usage error before any read
+        reports = []
+        for stream in streams:
+            try:
+                source, estuary = replicator.collection(stream.source), replicator.collection(stream.estuary)
+                reports.append(verify_stream(stream, source, estuary, options=options, clock=SystemClock()))
+            except (PyMongoError, ReplicatorError) as exc:
+                reports.append(StreamVerification(stream.name, options.mode, error=_describe(exc)))
+    finally:
+        factory.close()
+    ok = all(r.ok for r in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "streams": [r.to_dict() for r in reports]}, indent=2, ensure_ascii=False))
+    else:
+        print(render_verification(reports))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def render_verification(reports: list[StreamVerification]) -> str:
+    """The human form: one block per stream, then a verdict line."""
+    errors = sum(r.error is not None for r in reports)
+    differ = sum(not r.ok for r in reports) - errors
+    parts = [f"{differ} of {len(reports)} stream(s) OUT OF SYNC"] if differ else []
+    parts += [f"{errors} of {len(reports)} stream(s) could not be verified"] if errors else []
+    verdict = "; ".join(parts) or f"all {len(reports)} stream(s) in sync"
+    return "\n\n".join([*(_render_stream(r) for r in reports), verdict])
+
+
+def _render_stream(r: StreamVerification) -> str:
+    if r.error is not None:
+        return f"[FAIL] {r.stream}: could not verify: {r.error}"
+    if r.mode == "all":
+        how = "every document, in _id order"
+    else:
+        method = "$sample" if r.sample_method == "$sample" else "a scan of the _ids ($sample refused)"
+        how = f"{r.sampled} random _id(s) of both sides, by {method}"
+    lines = [
+        f"[{'ok' if r.ok else 'FAIL'}] {r.stream}: {'in sync' if r.ok else 'OUT OF SYNC'} ({how})",
+        f"    counts     source {r.source_count}, estuary {r.estuary_count}{_count_verdict(r)}",
+        f"    compared   {r.checked} _id(s) by SHA-256 of the estuary form",
+    ]
+    for kind, found in r.discrepancies().items():
+        lines.append(f"    {kind:<10} {found.total} {_KIND_LINES[kind]}{_examples(found)}")
+    if r.rechecked or r.unrechecked:
+        still = r.rechecked - r.recovered
+        lines.append(
+            f"    rechecked  {r.rechecked} after {r.recheck_delay:g}s: {r.recovered} recovered (written meanwhile), "
+            f"{still} still wrong" + (f"; {r.unrechecked} more reported without a recheck" if r.unrechecked else "")
+        )
+    lines.append(f"    took       {r.seconds:.1f}s")
+    return "\n".join(lines)
+
+
+def _count_verdict(r: StreamVerification) -> str:
+    if r.source_count is None or r.estuary_count is None or r.source_count == r.estuary_count:
+        return ""
+    bigger, difference = ("source", r.source_count - r.estuary_count)
+    if difference < 0:
+        bigger, difference = "estuary", -difference
+    return f": the {bigger} has {difference} more"
+
+
+def _examples(found: Discrepancies) -> str:
+    if not found.examples:
+        return ""
+    more = found.total - len(found.examples)
+    return ": " + ", ".join(found.examples) + (f" and {more} more" if more else "")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ReplicatorError):
+        return exc.message + (f" (Tip: {exc.hint})" if exc.hint else "")
+    return f"{type(exc).__name__}: {redact_text(str(exc))}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, not {text!r}")
+    return value
+
+
+COMMANDS = (
+    Command(
+        "verify",
+        "compare each stream's source and estuary: counts, and documents by _id (sampled, or --all)",
+        _configure_verify,
+        execute_verify,
+    ),
+)

@@ -210,6 +210,20 @@ def test_proxy_should_demand_reauth_when_token_expires_on_open_connection(
     assert callback.calls == 2
 
 
+def test_proxy_should_answer_an_injected_error_for_the_named_command_only_as_often_as_asked(
+    proxy: OIDCProxy, stub: ManagedIdentityStub, collection_name: str
+) -> None:
+    with _oidc_client(proxy, ListCallback(_good_token(stub))) as client:
+        collection = client.db[collection_name]
+        collection.insert_one({"_id": "a"})
+        proxy.inject_error("aggregate", 286, "Resume of change stream was not possible")
+        with pytest.raises(OperationFailure) as info:
+            list(collection.aggregate([{"$match": {}}]))
+        assert info.value.code == 286
+        assert collection.find_one({"_id": "a"}) == {"_id": "a"}  # other commands pass
+        assert list(collection.aggregate([{"$match": {}}])) == [{"_id": "a"}]  # once only
+
+
 def _next_events(stream: Any, count: int, timeout: float = 10.0) -> list[tuple[str, str]]:
     """Read ``count`` change events; nx-27017 ignores maxAwaitTimeMS, so poll with try_next."""
     events: list[tuple[str, str]] = []

@@ -1,0 +1,173 @@
+"""The snapshot copier: the source collection into the estuary, in ``_id`` order, one bounded batch at a time.
+
+Used by initial sync and by the ``resnapshot`` recovery. Each batch is independent and idempotent, so the copy
+resumes from the last ``_id`` saved on the checkpoint after a pass ends (time budget, crash, Functions timeout):
+
+* documents are written raw (never decoded unless a field mapping applies), with an unordered ``insert_many``
+  (the fast path into an empty estuary); documents the estuary already has (a copy resumed after a crash, or
+  one that re-syncs a populated estuary) become replace-by-``_id`` upserts;
+* estuary documents inside the batch's ``_id`` range that the source no longer has are deleted, and so are
+  those past the source's last ``_id`` at the end, so a resnapshot converges on an estuary that missed deletes;
+* documents the estuary refuses for good go to the dead-letter collection, like any other refused write.
+
+The change stream position is captured *before* the copy starts; replaying the changes from there after the
+copy re-applies some of them, harmlessly (idempotent writes of the current post-image).
+
+Ranges over ``_id`` are only meaningful between values of one BSON type (MongoDB compares ``$gt`` within a
+type), so a collection whose ``_id`` values mix types (say ObjectIds and strings) is refused, loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+from pymongo import ReplaceOne
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from shared.errors import ReplicatorError, TransientError
+from shared.estuary import transformed
+from shared.mongo_errors import is_transient, is_transient_code
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from pymongo.collection import Collection
+
+    from shared.config import TransformConfig
+    from shared.dead_letters import DeadLetters
+
+_DUPLICATE_KEY = 11000
+
+
+class MixedIdTypesError(ReplicatorError):
+    """The source's ``_id`` values are of more than one BSON type; a range-based copy would skip some."""
+
+
+@dataclass
+class CopyBatch:
+    """What one batch of the copy did."""
+
+    copied: int = 0
+    last_id: Any = None
+    done: bool = False
+    removed: int = 0  # estuary documents the source no longer has
+    dead_lettered: int = 0
+    bytes: int = 0
+
+
+class SnapshotCopier:
+    """Copies one stream's source collection into its estuary."""
+
+    def __init__(
+        self,
+        source: Collection[RawBSONDocument],
+        estuary: Collection[Any],
+        dead_letters: DeadLetters,
+        *,
+        stream: str,
+        transform: TransformConfig | None,
+        batch_size: int,
+    ) -> None:
+        self._source = source
+        self._estuary = estuary
+        self._dead_letters = dead_letters
+        self._stream = stream
+        self._transform = transform
+        self._batch_size = batch_size
+
+    def check_id_types(self) -> None:
+        """Refuse a source whose smallest and largest ``_id`` differ in BSON type (so the values mix types)."""
+        ends = [self._source.find_one({}, {"_id": 1}, sort=[("_id", order)]) for order in (1, -1)]
+        types = {_type_bracket(doc["_id"]) for doc in ends if doc is not None}
+        if len(types) > 1:
+            raise MixedIdTypesError(
+                f"stream '{self._stream}': the source's _id values mix BSON types ({', '.join(sorted(types))}); "
+                "a copy in _id ranges would skip documents",
+                hint="give the collection _id values of one type, or replicate it without initial_sync",
+            )
+
+    def estimate(self) -> int:
+        return int(self._source.estimated_document_count())
+
+    def copy_batch(self, after: Any) -> CopyBatch:
+        """Copy the next ``batch_size`` documents with ``_id`` greater than ``after`` (``None``: from the start)."""
+        query = {} if after is None else {"_id": {"$gt": after}}
+        try:
+            docs = list(
+                self._source.find(query, sort=[("_id", 1)], limit=self._batch_size, batch_size=self._batch_size)
+            )
+            batch = CopyBatch(copied=len(docs), done=len(docs) < self._batch_size)
+            if docs:
+                batch.last_id = docs[-1]["_id"]
+                batch.bytes = sum(len(doc.raw) for doc in docs)
+                batch.dead_lettered = self._write(docs)
+            batch.removed = self._remove_extras(after, batch.last_id, [doc["_id"] for doc in docs], done=batch.done)
+        except PyMongoError as exc:
+            if is_transient(exc):
+                raise TransientError(f"snapshot copy failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        return batch
+
+    def _write(self, docs: Sequence[RawBSONDocument]) -> int:
+        """Insert the batch; what exists already is replaced; what is refused is parked. Returns parked count."""
+        documents = [transformed(doc, self._transform) for doc in docs]
+        try:
+            self._estuary.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(is_transient_code(e.get("code")) for e in errors):
+                raise TransientError("estuary refused snapshot writes for a transient reason") from exc
+            existing = [e["index"] for e in errors if e.get("code") == _DUPLICATE_KEY]
+            refused = {e["index"]: e for e in errors if e.get("code") != _DUPLICATE_KEY}
+            refused.update(self._replace(docs, documents, existing))
+            for index, error in refused.items():
+                self._dead_letters.park(
+                    self._stream,
+                    _snapshot_event(docs[index]),
+                    code=error.get("code"),
+                    message=str(error.get("errmsg", "")),
+                    attempts=1,
+                )
+            return len(refused)
+        return 0
+
+    def _replace(
+        self, docs: Sequence[RawBSONDocument], documents: Sequence[Mapping[str, Any]], indexes: Sequence[int]
+    ) -> dict[int, Any]:
+        """Upsert the documents the estuary already had; return the ones it still refuses, by batch index."""
+        if not indexes:
+            return {}
+        ops = [ReplaceOne({"_id": docs[i]["_id"]}, documents[i], upsert=True) for i in indexes]
+        try:
+            self._estuary.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            return {indexes[e["index"]]: e for e in exc.details.get("writeErrors", [])}
+        return {}
+
+    def _remove_extras(self, after: Any, last: Any, ids: Sequence[Any], *, done: bool) -> int:
+        """Delete estuary documents in (after, last] the source does not have; past the end too when done."""
+        condition: dict[str, Any] = {"$nin": list(ids)}
+        if after is not None:
+            condition["$gt"] = after
+        if not done:
+            condition["$lte"] = last
+        return int(self._estuary.delete_many({"_id": condition}).deleted_count)
+
+
+def _snapshot_event(doc: RawBSONDocument) -> RawBSONDocument:
+    """A change-event-shaped record of a refused copy, so dead letters look the same whatever refused them."""
+    event = {
+        "_id": {"snapshot": doc["_id"]},
+        "operationType": "snapshot",
+        "documentKey": {"_id": doc["_id"]},
+        "fullDocument": doc,
+    }
+    return RawBSONDocument(bson.encode(event))
+
+
+def _type_bracket(value: Any) -> str:
+    """The BSON comparison bracket of a value: numbers compare with each other, other types only with themselves."""
+    return "number" if isinstance(value, int | float | bson.Int64 | bson.Decimal128) else type(value).__name__

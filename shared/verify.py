@@ -1,0 +1,443 @@
+"""Verification: does the estuary hold exactly what the replicator would have written from the source?
+
+For one stream, compares the two collections:
+
+* exact document counts on both sides;
+* document by document, keyed by ``_id``, the SHA-256 of the estuary form of the source document (the raw
+  BSON bytes, or ``bson.encode`` of the field mapping when the stream has a transform: what ``EstuaryWriter``
+  writes) against the SHA-256 of the estuary document's raw bytes. Both sides are read as raw BSON, so field
+  order and numeric types count. Either a sample (``$sample`` on both sides, or a bounded reservoir over an
+  ``_id``-only scan where the server lacks ``$sample``) or every document (``mode="all"``: a merge-join of both
+  collections read in ``_id`` order, one cursor batch at a time, in constant memory).
+
+Writes keep flowing while this runs, so every ``_id`` found missing, extra or differing is read again on both
+sides after ``recheck_delay``; only those still wrong are reported, the others are counted as recovered.
+Reports carry totals and at most ``MAX_EXAMPLES`` rendered ``_id`` values per kind, never document contents.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import bson
+from bson import json_util
+from bson.binary import Binary
+from bson.code import Code
+from bson.datetime_ms import DatetimeMS
+from bson.decimal128 import Decimal128
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
+from bson.objectid import ObjectId
+from bson.timestamp import Timestamp
+from pymongo.errors import OperationFailure
+
+from shared.errors import ReplicatorError
+from shared.estuary import transformed
+from shared.mongo_errors import is_transient
+from shared.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from bson.raw_bson import RawBSONDocument
+    from pymongo.collection import Collection
+
+    from shared.clock import Clock
+    from shared.config import StreamConfig, TransformConfig
+
+Kind = Literal["missing", "extra", "differing"]
+Mode = Literal["sample", "all"]
+SampleMethod = Literal["$sample", "scan", "all"]  # "scan": reservoir over the _ids; "all": no sampling
+
+KINDS: tuple[Kind, ...] = ("missing", "extra", "differing")
+MAX_EXAMPLES = 20  # _ids listed per kind of difference
+MAX_ID_CHARS = 64  # a rendered _id is cut beyond this
+
+_log = get_logger(__name__)
+
+
+class VerifyError(ReplicatorError):
+    """The comparison itself could not be made (as opposed to finding differences)."""
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How to compare: ``sample`` _ids from each side, or ``all`` documents; when to re-check suspects."""
+
+    mode: Mode = "sample"
+    sample: int = 1000  # _ids drawn from each side in "sample" mode
+    recheck_delay: float = 2.0  # seconds between finding a difference and reading that _id again
+    batch_size: int = 500  # documents per cursor batch and per re-read by _id
+    recheck_limit: int = 10_000  # differences re-checked at most; beyond, they are reported as found
+
+    def __post_init__(self) -> None:
+        if min(self.sample, self.batch_size, self.recheck_limit) < 1 or self.recheck_delay < 0:
+            raise ValueError(f"sample, batch_size, recheck_limit must be >= 1 and recheck_delay >= 0: {self}")
+
+
+@dataclass
+class Discrepancies:
+    """One kind of difference: how many, and the first few ``_id`` values (rendered, truncated)."""
+
+    total: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, value: Any) -> None:
+        self.total += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(render_id(value))
+
+    def merge(self, other: Discrepancies) -> None:
+        self.total += other.total
+        self.examples.extend(other.examples[: MAX_EXAMPLES - len(self.examples)])
+
+
+@dataclass
+class StreamVerification:
+    """What ``verify_stream`` found for one stream; ``ok`` when the counts agree and nothing differs."""
+
+    stream: str
+    mode: Mode
+    source_count: int | None = None
+    estuary_count: int | None = None
+    sample_method: SampleMethod | None = None
+    sampled: int = 0  # _ids drawn at random, both sides together, before removing the overlap
+    checked: int = 0  # distinct _ids compared
+    missing: Discrepancies = field(default_factory=Discrepancies)  # in the source, not in the estuary
+    extra: Discrepancies = field(default_factory=Discrepancies)  # in the estuary, not in the source
+    differing: Discrepancies = field(default_factory=Discrepancies)  # in both, different bytes
+    rechecked: int = 0
+    recovered: int = 0  # found wrong, right when read again after the delay
+    unrechecked: int = 0  # found wrong after recheck_limit was reached: reported without a second look
+    recheck_delay: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None  # the comparison could not be made
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and self.source_count == self.estuary_count
+            and not (self.missing.total or self.extra.total or self.differing.total)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "ok": self.ok,
+            "mode": self.mode,
+            "sample_method": self.sample_method,
+            "source_count": self.source_count,
+            "estuary_count": self.estuary_count,
+            "sampled": self.sampled,
+            "checked": self.checked,
+            **{kind: {"total": d.total, "examples": d.examples} for kind, d in self.discrepancies().items()},
+            "rechecked": self.rechecked,
+            "recovered": self.recovered,
+            "unrechecked": self.unrechecked,
+            "recheck_delay_s": self.recheck_delay,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+    def discrepancies(self) -> dict[Kind, Discrepancies]:
+        return {"missing": self.missing, "extra": self.extra, "differing": self.differing}
+
+
+def verify_stream(
+    stream: StreamConfig,
+    source: Collection[RawBSONDocument],
+    estuary: Collection[RawBSONDocument],
+    *,
+    options: VerifyOptions,
+    clock: Clock,
+    rng: random.Random | None = None,
+) -> StreamVerification:
+    """Compare ``source`` and ``estuary`` (raw-BSON collections) as ``options`` says; see the module docstring."""
+    started = clock.monotonic()
+    report = StreamVerification(stream.name, options.mode, recheck_delay=options.recheck_delay)
+    _log.info("stream %s: verifying (%s)", stream.name, options.mode, extra={"stream": stream.name})
+    report.source_count, report.estuary_count = _counts(source, estuary)
+    tally = _Tally(options.recheck_limit, clock)
+    if report.source_count != report.estuary_count:
+        tally.suspicious_at = clock.monotonic()
+    if options.mode == "all":
+        report.sample_method = "all"
+        findings = merge_join(source, estuary, stream.transform, batch_size=options.batch_size)
+    else:
+        chooser = rng or random.Random()  # noqa: S311 (picks documents to compare, not a secret)
+        from_source, source_method = sample_ids(source, options.sample, batch_size=options.batch_size, rng=chooser)
+        from_estuary, estuary_method = sample_ids(estuary, options.sample, batch_size=options.batch_size, rng=chooser)
+        report.sample_method = "scan" if "scan" in (source_method, estuary_method) else "$sample"
+        report.sampled = len(from_source) + len(from_estuary)
+        ids = _unique([*from_source, *from_estuary])
+        findings = compare_ids(source, estuary, ids, stream.transform, batch_size=options.batch_size)
+    for kind, value in findings:
+        tally.add(kind, value)
+    report.checked = tally.checked
+    if tally.suspicious_at is not None:
+        _wait(clock, options.recheck_delay, since=tally.suspicious_at)
+        _recheck(report, source, estuary, tally.suspects, stream.transform, options.batch_size)
+        if report.source_count != report.estuary_count:
+            report.source_count, report.estuary_count = _counts(source, estuary)
+    for kind, overflow in tally.overflow.items():
+        report.discrepancies()[kind].merge(overflow)
+        report.unrechecked += overflow.total
+    report.seconds = clock.monotonic() - started
+    _log.info(
+        "stream %s: verified %d _ids: %d missing, %d extra, %d differing, %d recovered",
+        stream.name,
+        report.checked,
+        report.missing.total,
+        report.extra.total,
+        report.differing.total,
+        report.recovered,
+        extra={"event": "verified", "stream": stream.name, "ok": report.ok},
+    )
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- comparing
+
+
+Finding = tuple[Kind | None, Any]  # (None when the _id is fine, its _id value)
+
+
+def compare_ids(
+    source: Collection[RawBSONDocument],
+    estuary: Collection[RawBSONDocument],
+    ids: Sequence[Any],
+    transform: TransformConfig | None,
+    *,
+    batch_size: int,
+) -> Iterator[Finding]:
+    """Read these ``_id`` values on both sides, ``batch_size`` at a time, and classify each one."""
+    for start in range(0, len(ids), batch_size):
+        chunk = list(ids[start : start + batch_size])
+        query = {"_id": {"$in": chunk}}
+        found_source = {_id_key(d["_id"]): d for d in source.find(query, batch_size=batch_size)}
+        found_estuary = {_id_key(d["_id"]): d for d in estuary.find(query, batch_size=batch_size)}
+        for value in chunk:
+            key = _id_key(value)
+            yield classify(found_source.get(key), found_estuary.get(key), transform), value
+
+
+def merge_join(
+    source: Collection[RawBSONDocument],
+    estuary: Collection[RawBSONDocument],
+    transform: TransformConfig | None,
+    *,
+    batch_size: int,
+) -> Iterator[Finding]:
+    """Both collections read in ``_id`` order side by side: one document per side held, plus a cursor batch."""
+    sources, estuaries = _in_id_order(source, batch_size, "source"), _in_id_order(estuary, batch_size, "estuary")
+    s, e = next(sources, None), next(estuaries, None)
+    while s is not None and e is not None:
+        if s[0] < e[0]:
+            yield "missing", s[1]["_id"]
+            s = next(sources, None)
+        elif e[0] < s[0]:
+            yield "extra", e[1]["_id"]
+            e = next(estuaries, None)
+        else:
+            yield classify(s[1], e[1], transform), s[1]["_id"]
+            s, e = next(sources, None), next(estuaries, None)
+    while s is not None:
+        yield "missing", s[1]["_id"]
+        s = next(sources, None)
+    while e is not None:
+        yield "extra", e[1]["_id"]
+        e = next(estuaries, None)
+
+
+def classify(
+    source_doc: RawBSONDocument | None, estuary_doc: RawBSONDocument | None, transform: TransformConfig | None
+) -> Kind | None:
+    """What is wrong with one ``_id`` (``None``: nothing, including gone from both sides)."""
+    if source_doc is None:
+        return None if estuary_doc is None else "extra"
+    if estuary_doc is None:
+        return "missing"
+    return None if _digest(expected_bytes(source_doc, transform)) == _digest(estuary_doc.raw) else "differing"
+
+
+def expected_bytes(document: RawBSONDocument, transform: TransformConfig | None) -> bytes | memoryview:
+    """The estuary form of a source document, as raw BSON bytes (what ``EstuaryWriter`` writes)."""
+    return document.raw if transform is None else bson.encode(transformed(document, transform))
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _in_id_order(
+    collection: Collection[RawBSONDocument], batch_size: int, side: str
+) -> Iterator[tuple[tuple[Any, ...], RawBSONDocument]]:
+    previous: tuple[Any, ...] | None = None
+    for document in collection.find({}, sort=[("_id", 1)], batch_size=batch_size):
+        key = bson_sort_key(document["_id"])
+        if previous is not None and key <= previous:
+            raise VerifyError(
+                f"the {side} returned _id {render_id(document['_id'])} out of ascending _id order",
+                hint="the server does not sort _id values in BSON order (mixed _id types?); verify with --sample",
+            )
+        previous = key
+        yield key, document
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def sample_ids(
+    collection: Collection[RawBSONDocument], size: int, *, batch_size: int, rng: random.Random
+) -> tuple[list[Any], SampleMethod]:
+    """Up to ``size`` distinct random ``_id`` values: by ``$sample`` when the server has it, else a reservoir."""
+    try:
+        pipeline = [{"$sample": {"size": size}}, {"$project": {"_id": 1}}]
+        return _unique([d["_id"] for d in collection.aggregate(pipeline, batchSize=batch_size)])[:size], "$sample"
+    except OperationFailure as exc:
+        if is_transient(exc):
+            raise
+        _log.warning(
+            "%s.%s: $sample refused (%s); sampling by a scan of the _ids instead",
+            collection.database.name,
+            collection.name,
+            exc.code,
+            extra={"event": "sample_fallback"},
+        )
+    return _reservoir(collection, size, batch_size=batch_size, rng=rng), "scan"
+
+
+def _reservoir(collection: Collection[RawBSONDocument], size: int, *, batch_size: int, rng: random.Random) -> list[Any]:
+    """Algorithm R over an ``_id``-only scan: a uniform sample holding at most ``size`` values at any time."""
+    chosen: list[Any] = []
+    for seen, document in enumerate(collection.find({}, {"_id": 1}, batch_size=batch_size)):
+        if seen < size:
+            chosen.append(document["_id"])
+        else:
+            slot = rng.randrange(seen + 1)
+            if slot < size:
+                chosen[slot] = document["_id"]
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------- re-checking
+
+
+class _Tally:
+    """Findings of the first look: the first ``limit`` to re-check, the rest counted as found."""
+
+    def __init__(self, limit: int, clock: Clock) -> None:
+        self._limit = limit
+        self._clock = clock
+        self.checked = 0
+        self.suspects: list[Any] = []
+        self.overflow: dict[Kind, Discrepancies] = {kind: Discrepancies() for kind in KINDS}
+        self.suspicious_at: float | None = None
+
+    def add(self, kind: Kind | None, value: Any) -> None:
+        self.checked += 1
+        if kind is None:
+            return
+        self.suspicious_at = self._clock.monotonic()
+        if len(self.suspects) < self._limit:
+            self.suspects.append(value)
+        else:
+            self.overflow[kind].add(value)
+
+
+def _recheck(
+    report: StreamVerification,
+    source: Collection[RawBSONDocument],
+    estuary: Collection[RawBSONDocument],
+    suspects: Sequence[Any],
+    transform: TransformConfig | None,
+    batch_size: int,
+) -> None:
+    report.rechecked = len(suspects)
+    for kind, value in compare_ids(source, estuary, suspects, transform, batch_size=batch_size):
+        if kind is None:
+            report.recovered += 1
+        else:
+            report.discrepancies()[kind].add(value)
+
+
+def _wait(clock: Clock, delay: float, *, since: float) -> None:
+    remaining = delay - (clock.monotonic() - since)
+    if remaining > 0:
+        clock.sleep(remaining)
+
+
+def _counts(source: Collection[RawBSONDocument], estuary: Collection[RawBSONDocument]) -> tuple[int, int]:
+    return source.count_documents({}), estuary.count_documents({})
+
+
+# ---------------------------------------------------------------------------------------------- _id values
+
+
+def render_id(value: Any) -> str:
+    """An ``_id`` as Extended JSON, cut to ``MAX_ID_CHARS``."""
+    text = json_util.dumps(value)
+    return text if len(text) <= MAX_ID_CHARS else text[: MAX_ID_CHARS - 1] + "…"
+
+
+def bson_sort_key(value: Any) -> tuple[Any, ...]:
+    """A key that orders ``_id`` values as MongoDB sorts them: BSON type order, then value (binary strings).
+
+    Raises ``VerifyError`` for types that cannot be an ``_id`` or whose order is not modelled (JavaScript code).
+    """
+    if isinstance(value, MinKey):
+        return (0,)
+    if value is None:
+        return (1,)
+    if isinstance(value, bool):  # before int: bool is an int in Python, not in BSON
+        return (8, value)
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    if isinstance(value, int | float | Decimal):
+        nan = value.is_nan() if isinstance(value, Decimal) else isinstance(value, float) and math.isnan(value)
+        return (2, 0) if nan else (2, 1, value)  # numbers compare by value across types; NaN first
+    if isinstance(value, Code):  # a str subclass with its own BSON type
+        raise VerifyError(f"cannot order an _id of BSON type JavaScript code: {render_id(value)}")
+    if isinstance(value, str):
+        return (3, value)  # code point order is UTF-8 byte order, MongoDB's simple collation
+    if isinstance(value, Mapping):
+        return (4, tuple((bson_sort_key(v)[0], name, bson_sort_key(v)) for name, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (5, tuple(bson_sort_key(v) for v in value))
+    if isinstance(value, bytes):  # Binary is a bytes subclass; plain bytes are subtype 0
+        subtype = value.subtype if isinstance(value, Binary) else 0
+        return (6, len(value), subtype, bytes(value))
+    if isinstance(value, ObjectId):
+        return (7, value.binary)
+    if isinstance(value, datetime | DatetimeMS):
+        return (9, _millis(value))
+    if isinstance(value, Timestamp):
+        return (10, value.time, value.inc)
+    if isinstance(value, MaxKey):
+        return (12,)
+    raise VerifyError(f"cannot order an _id of type {type(value).__name__}: {render_id(value)}")
+
+
+def _millis(value: datetime | DatetimeMS) -> int:
+    if isinstance(value, DatetimeMS):
+        return int(value)
+    return calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000  # naive means UTC
+
+
+def _id_key(value: Any) -> bytes:
+    """An ``_id`` as exact bytes (type included), for matching the documents of a re-read."""
+    return bson.encode({"_id": value})
+
+
+def _unique(values: Sequence[Any]) -> list[Any]:
+    seen: dict[bytes, Any] = {}
+    for value in values:
+        seen.setdefault(_id_key(value), value)
+    return list(seen.values())

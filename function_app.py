@@ -2,7 +2,8 @@
 
 Three functions:
 
-* ``schedule_passes`` (timer, ``%REPLICATOR_SCHEDULE%``): one queue message per enabled stream;
+* ``schedule_passes`` (timer, ``%REPLICATOR_SCHEDULE%``): checks every stream's token age, then one queue message
+  per enabled stream;
 * ``replicate_stream`` (queue ``%REPLICATOR_QUEUE%``): one pass of the stream named in the message;
 * ``test_auth`` (HTTP GET): the same report as ``python -m shared test-auth --json``.
 
@@ -25,9 +26,10 @@ import azure.functions as func
 
 from shared import ConfigError, ReplicatorError, default_factory, get_config, run_test_auth
 from shared.clock import SystemClock
+from shared.operations import schedule
 from shared.replicate import Replicator
 from shared.telemetry import ReplicationMetrics, configure_telemetry, correlation, get_logger
-from shared.work_queue import BadMessageError, parse_pass_request, pass_requests
+from shared.work_queue import BadMessageError, parse_pass_request
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -64,7 +66,7 @@ def schedule_passes(
     _telemetry_configured()
     with correlation(context.invocation_id):
         try:
-            messages = pass_requests(get_config(), correlation_id=context.invocation_id, now=time.time())
+            messages = schedule(_replicator(), correlation_id=context.invocation_id, now=time.time())
         except ConfigError as exc:
             _log.error("no passes scheduled: %s", exc)
             return

@@ -273,6 +273,12 @@ class StreamConfig(BaseModel):
     max_apply_attempts: int = Field(
         3, ge=1, le=20, description="Tries per refused document before it goes to the dead-letter collection."
     )
+    change_log_mb: int = Field(
+        400,
+        ge=1,
+        description="Size of the source's change log in MB (Azure DocumentDB keeps 400 MB), for the warning that "
+        "a stream's saved token is getting old.",
+    )
     initial_sync: bool = Field(
         False,
         description="Copy the source collection into the estuary (resumable, in _id order) before streaming its "

@@ -187,12 +187,15 @@ class CheckpointStore:
             {"$set": {"phase": "copying", "snapshot": snapshot, "updated_at": now}, "$inc": {"counters.snapshots": 1}},
         )
 
-    def start_copy(self, lease: Lease, *, handoff_token: Mapping[str, Any], total_estimate: int) -> None:
+    def start_copy(
+        self, lease: Lease, *, handoff_token: Mapping[str, Any], total_estimate: int, estuary_was_empty: bool
+    ) -> None:
         """Record the change-stream position captured before the copy, and the size to expect."""
         now = self._clock.time()
         fields = {
             "snapshot.handoff_token": handoff_token,
             "snapshot.total_estimate": total_estimate,
+            "snapshot.estuary_was_empty": estuary_was_empty,
             "snapshot.started_at": now,
             "token_saved_at": now,
             "updated_at": now,

@@ -15,7 +15,7 @@ the checkpoint store. The rules it keeps:
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import socket
 import threading
@@ -31,12 +31,12 @@ from shared.dead_letters import DeadLetters
 from shared.errors import ConfigError, ReplicatorError, TransientError
 from shared.estuary import ApplyResult, EstuaryWriter
 from shared.position import Checkpoint, CheckpointStore, Lease, LeaseLostError
-from shared.snapshot import MixedIdTypesError, SnapshotCopier
+from shared.snapshot import CopyBatch, MixedIdTypesError, SnapshotCopier
 from shared.streams import Batch, ChangeStreamReader, HistoryLostError
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from pymongo.collection import Collection
 
@@ -242,35 +242,57 @@ class _Pass:
                 handoff = capture.current_position()
             finally:
                 capture.close()
-            store.start_copy(self.lease, handoff_token=handoff, total_estimate=copier.estimate())
+            snapshot["estuary_was_empty"] = copier.estuary_is_empty()
+            store.start_copy(
+                self.lease,
+                handoff_token=handoff,
+                total_estimate=copier.estimate(),
+                estuary_was_empty=snapshot["estuary_was_empty"],
+            )
+        copier.reconcile = not snapshot.get("estuary_was_empty", False)
         last_id = snapshot.get("last_id")
+        failures = 0
         while not self._should_end(deadline, active_at=self.r.clock.monotonic()):
-            started = self.r.clock.monotonic()
-            batch = self._with_retries(functools.partial(copier.copy_batch, last_id))
-            last_id = batch.last_id if batch.copied else last_id
-            self.lease = store.save_copy_progress(
-                self.lease, last_id=last_id, copied=batch.copied, duration=self.stream.lease_duration
-            )
-            self.result.copied += batch.copied
-            self.result.dead_lettered += batch.dead_lettered
-            self.r.metrics.documents_copied.add(batch.copied, self.attributes)
-            self.r.metrics.batch_duration.record(
-                self.r.clock.monotonic() - started, {**self.attributes, "phase": "copy"}
-            )
-            if batch.done:
-                store.finish_copy(self.lease, handoff_token=handoff)
-                self.checkpoint.phase, self.checkpoint.resume_token = "streaming", handoff
-                self.reader.close()
-                self.reader = self._reader(handoff, start_after=False)
-                self.saved_at = self.r.clock.monotonic()
-                _log.warning(
-                    "stream %s: copy finished (%d documents this pass); streaming changes from the hand-off point",
-                    self.stream.name,
-                    self.result.copied,
-                    extra={**self.attributes, "event": "copy_finished"},
-                )
-                return True
+            try:
+                with contextlib.closing(copier.batches(last_id)) as batches:
+                    for batch in batches:
+                        last_id = self._copied(batch, last_id)
+                        if batch.done:
+                            self._finish_copy(handoff)
+                            return True
+                        if self._should_end(deadline, active_at=self.r.clock.monotonic()):
+                            return False
+            except TransientError as exc:
+                failures += 1
+                if failures >= _APPLY_ATTEMPTS:
+                    raise
+                _log.warning("stream %s: copy interrupted (%s), resuming", self.stream.name, exc.message)
+                self.r.clock.sleep(2.0 ** (failures - 1))
         return False
+
+    def _copied(self, batch: CopyBatch, last_id: Any) -> Any:
+        """Save one copied batch's position (after the estuary acknowledged it); returns the new position."""
+        last_id = batch.last_id if batch.copied else last_id
+        self.lease = self.r.checkpoints.save_copy_progress(
+            self.lease, last_id=last_id, copied=batch.copied, duration=self.stream.lease_duration
+        )
+        self.result.copied += batch.copied
+        self.result.dead_lettered += batch.dead_lettered
+        self.r.metrics.documents_copied.add(batch.copied, self.attributes)
+        return last_id
+
+    def _finish_copy(self, handoff: Mapping[str, Any]) -> None:
+        self.r.checkpoints.finish_copy(self.lease, handoff_token=handoff)
+        self.checkpoint.phase, self.checkpoint.resume_token = "streaming", handoff
+        self.reader.close()
+        self.reader = self._reader(handoff, start_after=False)
+        self.saved_at = self.r.clock.monotonic()
+        _log.warning(
+            "stream %s: copy finished (%d documents this pass); streaming changes from the hand-off point",
+            self.stream.name,
+            self.result.copied,
+            extra={**self.attributes, "event": "copy_finished"},
+        )
 
     # ------------------------------------------------------------------------------------------ streaming
 

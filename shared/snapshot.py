@@ -7,7 +7,8 @@ resumes from the last ``_id`` saved on the checkpoint after a pass ends (time bu
   (the fast path into an empty estuary); documents the estuary already has (a copy resumed after a crash, or
   one that re-syncs a populated estuary) become replace-by-``_id`` upserts;
 * estuary documents inside the batch's ``_id`` range that the source no longer has are deleted, and so are
-  those past the source's last ``_id`` at the end, so a resnapshot converges on an estuary that missed deletes;
+  those past the source's last ``_id`` at the end, so a resnapshot converges on an estuary that missed deletes
+  (skipped when the estuary was empty as the copy began: then everything in it came from the copy itself);
 * documents the estuary refuses for good go to the dead-letter collection, like any other refused write.
 
 The change stream position is captured *before* the copy starts; replaying the changes from there after the
@@ -19,6 +20,7 @@ type), so a collection whose ``_id`` values mix types (say ObjectIds and strings
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ from shared.estuary import transformed
 from shared.mongo_errors import is_transient, is_transient_code
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Generator, Mapping, Sequence
 
     from pymongo.collection import Collection
 
@@ -77,6 +79,10 @@ class SnapshotCopier:
         self._stream = stream
         self._transform = transform
         self._batch_size = batch_size
+        self.reconcile = True  # delete estuary documents the source lacks; pointless into an empty estuary
+
+    def estuary_is_empty(self) -> bool:
+        return self._estuary.find_one({}, {"_id": 1}) is None
 
     def check_id_types(self) -> None:
         """Refuse a source whose smallest and largest ``_id`` differ in BSON type (so the values mix types)."""
@@ -92,23 +98,35 @@ class SnapshotCopier:
     def estimate(self) -> int:
         return int(self._source.estimated_document_count())
 
-    def copy_batch(self, after: Any) -> CopyBatch:
-        """Copy the next ``batch_size`` documents with ``_id`` greater than ``after`` (``None``: from the start)."""
+    def batches(self, after: Any) -> Generator[CopyBatch, None, None]:
+        """Copy the documents with ``_id`` greater than ``after`` (``None``: all), yielding after each batch.
+
+        One cursor per call (one query, not one per batch: a server need not find its place again every time).
+        The last batch has ``done`` set. Close the generator to stop early; call again to resume.
+        """
         query = {} if after is None else {"_id": {"$gt": after}}
         try:
-            docs = list(
-                self._source.find(query, sort=[("_id", 1)], limit=self._batch_size, batch_size=self._batch_size)
-            )
-            batch = CopyBatch(copied=len(docs), done=len(docs) < self._batch_size)
-            if docs:
-                batch.last_id = docs[-1]["_id"]
-                batch.bytes = sum(len(doc.raw) for doc in docs)
-                batch.dead_lettered = self._write(docs)
-            batch.removed = self._remove_extras(after, batch.last_id, [doc["_id"] for doc in docs], done=batch.done)
+            with self._source.find(query, sort=[("_id", 1)], batch_size=self._batch_size) as cursor:
+                while True:
+                    docs = list(itertools.islice(cursor, self._batch_size))
+                    batch = self._copy(docs, after)
+                    yield batch
+                    if batch.done:
+                        return
+                    after = batch.last_id
         except PyMongoError as exc:
             if is_transient(exc):
                 raise TransientError(f"snapshot copy failed: {type(exc).__name__}: {exc}") from exc
             raise
+
+    def _copy(self, docs: list[RawBSONDocument], after: Any) -> CopyBatch:
+        batch = CopyBatch(copied=len(docs), done=len(docs) < self._batch_size)
+        if docs:
+            batch.last_id = docs[-1]["_id"]
+            batch.bytes = sum(len(doc.raw) for doc in docs)
+            batch.dead_lettered = self._write(docs)
+        if self.reconcile:
+            batch.removed = self._remove_extras(after, batch.last_id, [doc["_id"] for doc in docs], done=batch.done)
         return batch
 
     def _write(self, docs: Sequence[RawBSONDocument]) -> int:

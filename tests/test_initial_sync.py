@@ -17,6 +17,7 @@ from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
 from shared.replicate import Replicator
+from shared.verify import VerifyOptions, verify_stream
 from tests.conftest import Harness, Metrics, stack_config, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,15 @@ def test_initial_sync_should_copy_while_writes_go_on_across_passes_cut_short(har
     assert drain.run_pass("orders").outcome == "idle"  # replays what was written during and after the copy
     assert outcomes.count("budget") >= 3  # the copy really was cut short and resumed several times
     assert harness.converged()
+    stream = drain.stream("orders")
+    report = verify_stream(
+        stream,
+        drain.collection(stream.source),
+        drain.collection(stream.estuary),
+        options=VerifyOptions(mode="all", recheck_delay=0),
+        clock=SystemClock(),
+    )
+    assert report.ok, report.to_dict()
     checkpoint = replicator.checkpoints.read("orders")
     assert checkpoint is not None
     assert checkpoint.snapshot["reason"] == "initial_sync"

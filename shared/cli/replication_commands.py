@@ -14,7 +14,9 @@ from dataclasses import asdict
 from shared.auth.mongo_client import ClientFactory
 from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, age, ago, when
 from shared.clock import SystemClock
+from shared.config import StreamConfig
 from shared.config_loader import load_config
+from shared.operations import reset_stream, token_health
 from shared.position import Checkpoint
 from shared.redaction import redact_text
 from shared.replicate import PassResult, Replicator
@@ -119,23 +121,27 @@ def execute_status(args: argparse.Namespace) -> int:
     factory = ClientFactory()
     try:
         replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-        rows = [(s.name, replicator.checkpoints.read(s.name)) for s in config.streams]
+        rows = [(s, replicator.checkpoints.read(s.name)) for s in config.streams]
     finally:
         factory.close()
     now = time.time()
     if args.json:
-        print(json.dumps([_status_dict(name, cp, now) for name, cp in rows], indent=2, default=str))
+        print(json.dumps([_status_dict(s, cp, now) for s, cp in rows], indent=2, default=str))
     else:
-        print("\n\n".join(_render_status(name, cp, now) for name, cp in rows))
+        print("\n\n".join(_render_status(s, cp, now) for s, cp in rows))
     return EXIT_FAILED if any(cp and cp.status in _FAILED_OUTCOMES for _, cp in rows) else EXIT_OK
 
 
-def _status_dict(name: str, cp: Checkpoint | None, now: float) -> dict[str, object]:
+def _status_dict(stream: StreamConfig, cp: Checkpoint | None, now: float) -> dict[str, object]:
     if cp is None:
-        return {"stream": name, "status": "never run"}
+        return {"stream": stream.name, "status": "never run"}
+    health = token_health(cp, change_log_mb=stream.change_log_mb, now=now)
     return {
-        "stream": name,
+        "stream": stream.name,
         "status": cp.status,
+        "phase": cp.phase,
+        "copy": _copy_progress(cp, now) if cp.phase == "copying" else None,
+        "token": {"age_s": health.age_s, "log_window_s": health.window_s, "level": health.level},
         "checkpoint_age_s": age(cp.updated_at, now),
         "last_event_age_s": age(cp.last_event_at, now),
         "has_resume_token": cp.resume_token is not None,
@@ -146,16 +152,45 @@ def _status_dict(name: str, cp: Checkpoint | None, now: float) -> dict[str, obje
     }
 
 
-def _render_status(name: str, cp: Checkpoint | None, now: float) -> str:
+def _copy_progress(cp: Checkpoint, now: float) -> dict[str, object]:
+    """How far a copy is, and when it should end at its rate so far (an estimate: the total is estimated too)."""
+    snapshot = cp.snapshot
+    copied, total = int(snapshot.get("copied") or 0), snapshot.get("total_estimate")
+    started = snapshot.get("started_at")
+    rate = copied / (now - started) if isinstance(started, int | float) and now > started and copied else None
+    remaining = max(0, total - copied) if isinstance(total, int) else None
+    return {
+        "reason": snapshot.get("reason"),
+        "copied": copied,
+        "total_estimate": total,
+        "docs_per_s": round(rate, 1) if rate else None,
+        "eta_s": round(remaining / rate) if rate and remaining is not None else None,
+    }
+
+
+def _render_status(stream: StreamConfig, cp: Checkpoint | None, now: float) -> str:
+    name = stream.name
     if cp is None:
         return f"{name}: never run"
-    data = _status_dict(name, cp, now)
+    data = _status_dict(stream, cp, now)
     counters = ", ".join(f"{k} {v}" for k, v in sorted(cp.counters.items())) or "none yet"
     lines = [
         f"{name}: {cp.status}" + (f" (pass running on {data['lease_owner']})" if data["lease_owner"] else ""),
         f"    checkpoint {ago(data['checkpoint_age_s'])}; last applied event {ago(data['last_event_age_s'])}",
         f"    counters   {counters}",
     ]
+    if cp.phase == "copying":
+        copy = _copy_progress(cp, now)
+        total = copy["total_estimate"]
+        of = f" of ~{total}" if isinstance(total, int) else ""
+        rate = f", {copy['docs_per_s']} docs/s, about {copy['eta_s']} s left" if copy["eta_s"] is not None else ""
+        lines.append(f"    COPYING    {copy['copied']}{of} documents ({copy['reason']}){rate}")
+    health = token_health(cp, change_log_mb=stream.change_log_mb, now=now)
+    if health.level in ("warning", "critical"):
+        lines.append(
+            f"    TOKEN {health.level.upper()}: saved {health.age_s:.0f} s ago; the change log holds about "
+            f"{health.window_s:.0f} s at the recent rate"
+        )
     if cp.last_error:
         lines.append(f"    last error {cp.last_error.get('message')} ({ago(age(cp.last_error.get('at'), now))})")
     for gap in cp.gaps[-3:]:
@@ -166,7 +201,45 @@ def _render_status(name: str, cp: Checkpoint | None, now: float) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- reset
+
+
+def _configure_reset(parser: argparse.ArgumentParser) -> None:
+    add_config(parser)
+    parser.add_argument("--stream", required=True, metavar="NAME", help="the stream to reset")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        choices=("now", "resnapshot"),
+        help="now: continue from now, recording the skipped span as a gap; resnapshot: copy the collection again",
+    )
+
+
+def execute_reset(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    factory = ClientFactory()
+    try:
+        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
+        checkpoint = reset_stream(replicator, args.stream, args.start)
+    finally:
+        factory.close()
+    if args.json:
+        print(
+            json.dumps(
+                {"stream": args.stream, "from": args.start, "status": checkpoint.status, "phase": checkpoint.phase}
+            )
+        )
+    elif args.start == "resnapshot":
+        print(f"{args.stream}: the next pass copies the collection again, then streams from the point it captures")
+    else:
+        gap = " (the skipped span is recorded as a gap)" if checkpoint.gaps else ""
+        print(f"{args.stream}: the next pass starts from now{gap}")
+    return EXIT_OK
+
+
 COMMANDS = (
     Command("run", "replicate: passes for every enabled stream until Ctrl-C", _configure_run, execute_run),
     Command("status", "each stream's checkpoint: position, lag, counters, errors", _configure_status, execute_status),
+    Command("reset", "restart a stream from now, or copy it again (resnapshot)", _configure_reset, execute_reset),
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.config import config_reference
+from shared.config_reference import config_reference
 
 MARKERS = re.compile(r"<!-- config-reference:start -->\n.*?<!-- config-reference:end -->", re.DOTALL)
 README = Path(__file__).resolve().parent.parent / "README.md"

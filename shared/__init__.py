@@ -18,6 +18,8 @@ from shared.errors import (
     TokenServiceError,
     TransientError,
 )
+from shared.operations import reset_stream, schedule, token_health
+from shared.replicate import PassResult, Replicator
 
 __all__ = [
     "AuthError",
@@ -27,6 +29,8 @@ __all__ = [
     "ConfigError",
     "CredentialUnavailableError",
     "MongoConfig",
+    "PassResult",
+    "Replicator",
     "ReplicatorConfig",
     "ReplicatorError",
     "StreamConfig",
@@ -36,5 +40,8 @@ __all__ = [
     "get_client",
     "get_config",
     "load_config",
+    "reset_stream",
     "run_test_auth",
+    "schedule",
+    "token_health",
 ]

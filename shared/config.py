@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,7 +25,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
 from shared import mongo_uri
 from shared.auth.scopes import DOCUMENTDB_SCOPE, scope_problem
@@ -404,54 +403,3 @@ def _same_collection(a: MongoConfig, b: MongoConfig) -> bool:
         b.database,
         b.collection,
     )
-
-
-# ---------------------------------------------------------------------------------------------- reference
-
-
-def config_reference() -> str:
-    """The configuration reference as Markdown tables, generated from the models (the README embeds it)."""
-    sections = (
-        ("Top level", ReplicatorConfig),
-        ("`streams[]`", StreamConfig),
-        ("`streams[].transform`", TransformConfig),
-        ("Every endpoint (`checkpoints`, `streams[].source`, `streams[].estuary`, and `defaults`)", MongoConfig),
-    )
-    out: list[str] = []
-    for title, model in sections:
-        out += [f"#### {title}", "", "| field | default | rules | meaning |", "| --- | --- | --- | --- |"]
-        for name, field in model.model_fields.items():
-            out.append(f"| `{name}` | {_default_text(field)} | {_rules_text(field)} | {field.description or ''} |")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _is_duration(field: FieldInfo) -> bool:
-    return any(getattr(m, "func", None) is parse_duration for m in field.metadata)
-
-
-def _default_text(field: FieldInfo) -> str:
-    if field.is_required():
-        return "required"
-    value = field.default
-    if value is None:
-        return "—"
-    if isinstance(value, tuple):
-        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"`{value}`" + (" s" if _is_duration(field) else "")
-
-
-def _rules_text(field: FieldInfo) -> str:
-    rules = ["duration (`30s`, `5m`, `1h`, `500ms` or seconds)"] if _is_duration(field) else []
-    for attr, sign in (("gt", ">"), ("ge", "≥"), ("le", "≤"), ("min_length", "items ≥")):
-        for meta in field.metadata:
-            bound = getattr(meta, attr, None)
-            if bound is not None:
-                rules.append(f"{sign} {int(bound) if float(bound).is_integer() else bound}")
-    if get_origin(field.annotation) is Literal:
-        rules.append("one of " + ", ".join(f"`{v}`" for v in get_args(field.annotation)))
-    return "; ".join(rules)

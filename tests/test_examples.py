@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import config_reference
 from shared.config_loader import load_config
+from shared.config_reference import config_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "configs").rglob("*.yaml"))

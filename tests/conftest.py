@@ -7,6 +7,7 @@ Stand-ins for what cannot run here (the managed identity endpoint, an OIDC-enfor
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -239,3 +240,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``shared.cli.main`` configures process-wide logging, as a command line should; other tests must not
+    inherit it."""
+    root, ours = logging.getLogger(), logging.getLogger("shared")
+    saved = (root.handlers[:], root.level, ours.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    ours.setLevel(saved[2])

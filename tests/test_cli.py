@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +15,7 @@ from tests.conftest import stack_config, write_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """``main`` configures process-wide logging, as a command line should; other tests must not inherit it."""
-    root, ours = logging.getLogger(), logging.getLogger("shared")
-    saved = (root.handlers[:], root.level, ours.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    ours.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def bad_config(tmp_path: Path) -> Path:

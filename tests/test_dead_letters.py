@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,7 @@ PERSONAL = ("x@y", "Ada Lovelace", "Grace Hopper", "Alan Turing")  # what no out
 Cli = Callable[..., tuple[int, str, str]]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """``main`` configures process-wide logging, as a command line should; other tests must not inherit it."""
-    root, ours = logging.getLogger(), logging.getLogger("shared")
-    saved = (root.handlers[:], root.level, ours.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    ours.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,7 @@ from shared.operations import check_token_ages, reset_stream, schedule, token_he
 from shared.position import Checkpoint
 from tests.conftest import Harness
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root, ours = logging.getLogger(), logging.getLogger("shared")
-    saved = (root.handlers[:], root.level, ours.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    ours.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def checkpoint(**fields: object) -> Checkpoint:

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from bson import Timestamp
 from mockupdb import MockupDB, OpMsg
 
+from shared.cli import main
 from shared.mongo_errors import is_history_lost, is_transient
 from shared.replicate import Replicator
 from tests.conftest import Harness
@@ -83,7 +85,9 @@ def seed_position(replicator: Replicator, token: str) -> None:
     replicator.checkpoints.release(acquired[0])
 
 
-def test_history_lost_with_policy_fail_should_stop_the_stream_loudly_and_keep_it_stopped(harness, source):
+def test_history_lost_with_policy_fail_should_stop_the_stream_loudly_and_keep_it_stopped(
+    harness, source, tmp_path, capsys, restore_logging
+):
     replicator = replicator_for(harness, source)
     seed_position(replicator, "aged-out")
     source.batches = [286]
@@ -98,6 +102,12 @@ def test_history_lost_with_policy_fail_should_stop_the_stream_loudly_and_keep_it
     opened = len(source.opened)
     assert replicator.run_pass("orders").outcome == "failed"  # later passes do not touch the source
     assert len(source.opened) == opened
+    path = tmp_path / "replicator.yaml"
+    path.write_text(yaml.safe_dump(replicator.config.model_dump(mode="json")))
+    assert main(["status", "--config", str(path)]) == 1  # status says the stream needs attention, and why
+    out = capsys.readouterr().out
+    assert "orders: failed" in out
+    assert "last error the saved resume token can no longer be resumed" in out
 
 
 def test_history_lost_with_policy_start_now_should_record_the_gap_and_continue(harness, source):

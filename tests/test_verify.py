@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
 import threading
 import time
@@ -43,15 +42,7 @@ from tests.conftest import FakeClock, Harness, write_config
 MODES = ["sample", "all"]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """``main`` configures process-wide logging, as a command line should; other tests must not inherit it."""
-    root, ours = logging.getLogger(), logging.getLogger("shared")
-    saved = (root.handlers[:], root.level, ours.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    ours.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def doc(i: int, **extra: Any) -> dict[str, Any]:

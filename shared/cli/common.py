@@ -42,6 +42,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
+    return value
+
+
 def fail(exc: ReplicatorError) -> None:
     """The one-line error and its Tip, on stderr."""
     print(f"error: {exc.message}", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Any
 from bson import json_util
 
 from shared.auth.mongo_client import ClientFactory
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int
 from shared.clock import SystemClock
 from shared.config_loader import load_config
 from shared.dead_letters import ParkedEvent, ReplayResult, replay, without_values
@@ -38,12 +38,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(title="actions", dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="how many are parked, and the newest of each stream")
     listing.add_argument(
-        "--limit", type=_count, default=_DEFAULT_LIST_LIMIT, metavar="N", help="newest N per stream (default 20)"
+        "--limit", type=positive_int, default=_DEFAULT_LIST_LIMIT, metavar="N", help="newest N per stream (default 20)"
     )
     replaying = actions.add_parser(
         "replay", help="write the current source state of parked documents; delete what the estuary accepts"
     )
-    replaying.add_argument("--limit", type=_count, metavar="N", help="at most N per stream (default: all)")
+    replaying.add_argument("--limit", type=positive_int, metavar="N", help="at most N per stream (default: all)")
     purging = actions.add_parser("purge", help="delete parked events (only with --yes)")
     purging.add_argument("--yes", action="store_true", help="really delete; without it, say how many would go")
     for action in (listing, replaying, purging):
@@ -221,17 +221,6 @@ def _purge(replicator: Replicator, args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _count(text: str) -> int:
-    """An argparse type: a positive whole number."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
-    return value
 
 
 def _key_json(key: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ import json
 from pymongo.errors import PyMongoError
 
 from shared.auth.mongo_client import ClientFactory
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int
 from shared.clock import SystemClock
 from shared.config_loader import load_config
 from shared.errors import ConfigError, ReplicatorError
@@ -31,7 +31,7 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
     )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
-        "--sample", type=_positive_int, default=1000, metavar="N", help="compare N random _ids of each side (1000)"
+        "--sample", type=positive_int, default=1000, metavar="N", help="compare N random _ids of each side (1000)"
     )
     scope.add_argument(
         "--all", action="store_true", help="compare every document: both collections read in _id order, in batches"
@@ -127,16 +127,6 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, ReplicatorError):
         return exc.message + (f" (Tip: {exc.hint})" if exc.hint else "")
     return f"{type(exc).__name__}: {redact_text(str(exc))}"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
-    return value
 
 
 def _non_negative_seconds(text: str) -> float:

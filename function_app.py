@@ -38,7 +38,7 @@ _QUEUE_CONNECTION = "AzureWebJobsStorage"
 # Pass outcomes that leave the stream stopped until a person acts (status shows why).
 _NEEDS_ATTENTION = frozenset({"stopped", "failed"})
 
-_log = get_logger(__name__)
+_log = get_logger("shared.functions")  # under "shared": the logger Application Insights exports
 
 
 @functools.cache

@@ -333,7 +333,7 @@ def test_timer_queue_and_worker_should_replicate_end_to_end_and_a_duplicate_shou
     held = [r for r in caplog.records if getattr(r, "outcome", None) == "lease_held"]
     assert len(held) == 1
     assert held[0].correlation_id == "tick-2"  # the timer invocation's id follows the message
-    dequeued = [r for r in caplog.records if r.name == "function_app" and "dequeue count 1" in r.getMessage()]
+    dequeued = [r for r in caplog.records if r.name == "shared.functions" and "dequeue count 1" in r.getMessage()]
     assert len(dequeued) == 3
     enqueued = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "passes_enqueued"]
     assert enqueued == ["enqueued 1 pass request(s), one per enabled stream"] * 3

@@ -1,0 +1,294 @@
+// The change-stream replicator on Azure Functions: a Linux Python 3.11 Function App (Flex Consumption by default,
+// Elastic Premium on request), its user-assigned managed identity, identity-only storage, Application Insights with
+// Entra ingestion, a workbook, optional alerts and the optional registration of the identity on a DocumentDB cluster.
+//
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json \
+//     -p sourceMongoUri='mongodb+srv://<cluster>.global.mongocluster.cosmos.azure.com/'
+//
+// Layout follows Azure-Samples/functions-quickstart-python-http-azd (main.bicep + small app/*.bicep modules).
+// Every resource is deployed at resource-group scope. infra/README.md explains every parameter.
+targetScope = 'resourceGroup'
+
+// ---------------------------------------------------------------------------------------------------- parameters
+
+@description('Region of every resource. Flex Consumption is not offered everywhere: az functionapp list-flexconsumption-locations.')
+param location string = resourceGroup().location
+
+@description('Short name used to derive resource names (lowercase letters, digits, hyphens).')
+@minLength(3)
+@maxLength(12)
+param baseName string = 'mongorepl'
+
+@description('Function App name; empty derives func-<baseName>-<token>. It is also the host name <name>.azurewebsites.net.')
+@maxLength(60)
+param functionAppName string = ''
+
+@description('FC1 = Flex Consumption (default). EP1/EP2/EP3 = Elastic Premium, run from a package in blob storage without Azure Files (see infra/README.md).')
+@allowed([
+  'FC1'
+  'EP1'
+  'EP2'
+  'EP3'
+])
+param planSku string = 'FC1'
+
+@description('Flex Consumption: most instances the app scales out to.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 20
+
+@description('Flex Consumption: memory of each instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Elastic Premium: most workers the plan scales out to.')
+@minValue(1)
+@maxValue(100)
+param maximumElasticWorkerCount int = 5
+
+@description('Elastic Premium: name of the package blob (in the deployment container) the app runs from.')
+param premiumPackageBlobName string = 'replicator.zip'
+
+@description('Storage queue of pass requests (REPLICATOR_QUEUE). The host appends -poison, so at most 56 characters.')
+@minLength(3)
+@maxLength(56)
+param queueName string = 'replicator-passes'
+
+@description('NCRONTAB schedule (with seconds) of the timer that enqueues one pass per enabled stream (REPLICATOR_SCHEDULE).')
+param schedule string = '0 */1 * * * *'
+
+@description('How every MongoDB connection authenticates: entra (MONGODB-OIDC with the managed identity) or connection_string.')
+@allowed([
+  'entra'
+  'connection_string'
+])
+param mongoAuthMethod string = 'entra'
+
+@description('SOURCE_MONGODB_URI. With entra: mongodb+srv://<cluster>.global.mongocluster.cosmos.azure.com/ (no secret). With a password: a Key Vault reference @Microsoft.KeyVault(SecretUri=...), never the URI itself.')
+@secure()
+param sourceMongoUri string
+
+@description('ESTUARY_MONGODB_URI; empty means the source cluster. Same rules as sourceMongoUri.')
+@secure()
+param estuaryMongoUri string = ''
+
+@description('CHECKPOINTS_MONGODB_URI; empty means the estuary cluster. Same rules as sourceMongoUri.')
+@secure()
+param checkpointsMongoUri string = ''
+
+@description('Database of the checkpoint store (collections checkpoints and dead_letters).')
+param checkpointsDatabase string = 'replicator'
+
+@description('Streams of REPLICATOR_CONFIG: name, sourceDatabase, sourceCollection, estuaryDatabase, estuaryCollection and optional options (more stream fields, e.g. {initial_sync: true}).')
+param streams array = [
+  {
+    name: 'orders'
+    sourceDatabase: 'shop'
+    sourceCollection: 'orders'
+    estuaryDatabase: 'estuary'
+    estuaryCollection: 'orders'
+  }
+]
+
+@description('Existing Azure DocumentDB (Cosmos DB for MongoDB vCore) cluster on which to register the identity; empty skips it.')
+param documentDbClusterName string = ''
+
+@description('Resource group of that cluster; empty means this resource group.')
+param documentDbResourceGroupName string = ''
+
+@description('Object id of a person, group or CI principal that publishes (Premium package upload) and inspects queues; empty grants nothing.')
+param operatorPrincipalId string = ''
+
+@description('Type of operatorPrincipalId.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'User'
+
+@description('Days Log Analytics keeps the telemetry.')
+@minValue(30)
+@maxValue(730)
+param logRetentionInDays int = 30
+
+@description('Create the two log search alerts (replication lag, Entra auth failures).')
+param enableAlerts bool = false
+
+@description('Action group notified by the alerts; empty fires them without notification.')
+param alertActionGroupId string = ''
+
+@description('Lag alert: fires when a stream lags more than this many seconds.')
+@minValue(1)
+param lagAlertThresholdSeconds int = 300
+
+@description('Auth alert: fires when an identity has at least this many failed token requests in 15 minutes.')
+@minValue(1)
+param authFailureAlertThreshold int = 5
+
+@description('More app settings (e.g. settings your REPLICATOR streams options reference). Secrets only as Key Vault references.')
+@secure()
+param extraAppSettings object = {}
+
+@description('Tags on every resource.')
+param tags object = {}
+
+// ---------------------------------------------------------------------------------------------------- names
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, location, baseName))
+var appName = empty(functionAppName) ? toLower('func-${baseName}-${resourceToken}') : toLower(functionAppName)
+var identityName = 'id-${baseName}-${resourceToken}'
+var planName = 'plan-${baseName}-${resourceToken}'
+var storageAccountName = take(toLower('st${replace(baseName, '-', '')}${resourceToken}'), 24)
+var logAnalyticsName = 'log-${baseName}-${resourceToken}'
+var applicationInsightsName = 'appi-${baseName}-${resourceToken}'
+// The quickstart's container naming: unique per app, at most 63 characters.
+var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(resourceToken, 7)}'
+
+// ---------------------------------------------------------------------------------------------------- REPLICATOR_CONFIG
+
+// Inline JSON (config_loader accepts a value starting with '{'). The URIs stay in their own app settings and are
+// referenced as ${NAME}, which the app expands at start-up: a Key Vault reference works for them, and the JSON
+// itself never holds a secret. '\${' is Bicep's escape for a literal '${'.
+var entraDefaults = {
+  auth_method: 'entra'
+  tenant_id: tenant().tenantId
+  client_id: identity.outputs.clientId
+  credential: 'managed_identity'
+}
+var connectionStringDefaults = {
+  auth_method: 'connection_string'
+}
+var replicatorStreams = [for s in streams: union({
+  name: s.name
+  source: {
+    connection_uri: '\${SOURCE_MONGODB_URI}'
+    database: s.sourceDatabase
+    collection: s.sourceCollection
+  }
+  estuary: {
+    connection_uri: '\${ESTUARY_MONGODB_URI}'
+    database: s.estuaryDatabase
+    collection: s.estuaryCollection
+  }
+}, (s.?options) ?? {})]
+var replicatorConfig = string({
+  defaults: (mongoAuthMethod == 'entra') ? entraDefaults : connectionStringDefaults
+  checkpoints: {
+    connection_uri: '\${CHECKPOINTS_MONGODB_URI}'
+    database: checkpointsDatabase
+  }
+  streams: replicatorStreams
+})
+var effectiveEstuaryUri = empty(estuaryMongoUri) ? sourceMongoUri : estuaryMongoUri
+var effectiveCheckpointsUri = empty(checkpointsMongoUri) ? effectiveEstuaryUri : checkpointsMongoUri
+
+// ---------------------------------------------------------------------------------------------------- modules
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  params: {
+    name: identityName
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  params: {
+    name: storageAccountName
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    queueName: queueName
+    identityPrincipalId: identity.outputs.principalId
+    operatorPrincipalId: operatorPrincipalId
+    operatorPrincipalType: operatorPrincipalType
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    logAnalyticsName: logAnalyticsName
+    applicationInsightsName: applicationInsightsName
+    location: location
+    tags: tags
+    retentionInDays: logRetentionInDays
+    identityPrincipalId: identity.outputs.principalId
+  }
+}
+
+module functionApp 'app/function-app.bicep' = {
+  name: 'function-app'
+  params: {
+    name: appName
+    location: location
+    tags: tags
+    planName: planName
+    planSku: planSku
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    maximumElasticWorkerCount: maximumElasticWorkerCount
+    identityName: identity.outputs.name
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    premiumPackageBlobName: premiumPackageBlobName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    replicatorConfig: replicatorConfig
+    schedule: schedule
+    queueName: storage.outputs.queueName
+    sourceMongoUri: sourceMongoUri
+    estuaryMongoUri: effectiveEstuaryUri
+    checkpointsMongoUri: effectiveCheckpointsUri
+    extraAppSettings: extraAppSettings
+  }
+}
+
+module documentDbUser 'app/documentdb-user.bicep' = if (!empty(documentDbClusterName)) {
+  name: 'documentdb-user'
+  scope: resourceGroup(empty(documentDbResourceGroupName) ? resourceGroup().name : documentDbResourceGroupName)
+  params: {
+    clusterName: documentDbClusterName
+    principalId: identity.outputs.principalId
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+    displayName: 'Mongo change-stream replicator (${appName})'
+  }
+}
+
+module alerts 'app/alerts.bicep' = if (enableAlerts) {
+  name: 'alerts'
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+    namePrefix: appName
+    actionGroupId: alertActionGroupId
+    lagThresholdSeconds: lagAlertThresholdSeconds
+    authFailureThreshold: authFailureAlertThreshold
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------- outputs
+// Names and ids only: nothing here is a credential.
+
+output functionAppName string = functionApp.outputs.name
+output functionAppHostName string = functionApp.outputs.defaultHostName
+output identityClientId string = identity.outputs.clientId
+output identityPrincipalId string = identity.outputs.principalId
+output storageAccountName string = storage.outputs.name
+output deploymentContainerName string = storage.outputs.deploymentContainerName
+output applicationInsightsName string = monitoring.outputs.applicationInsightsName

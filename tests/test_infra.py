@@ -1,0 +1,545 @@
+"""The Bicep under infra/ should deploy what the app reads, as the identity it authenticates with, and no secret.
+
+No Bicep compiler can run here. ``pycep`` (pycep-parser) parses every file; a small evaluator below computes the
+values the checks need (app settings, the inline REPLICATOR_CONFIG, identity, roles) from the parse tree, with
+parameter values chosen by each test and runtime values (resource ids, module outputs) kept symbolic. The evaluator
+knows only the expression forms these templates use and fails loudly on anything else, so a template change it
+does not understand breaks the tests instead of passing silently. What only Azure can check (API versions,
+property names, RBAC and platform behaviour) is listed in infra/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import typing
+import uuid
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.functions.decorators.function_app import FunctionBuilder
+from lark import Token, Tree
+from opentelemetry import metrics
+from pycep import BicepParser
+
+import function_app
+from shared.config_loader import load_config
+from shared.telemetry import APPINSIGHTS_SETTING, AuthMetrics, ReplicationMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+TENANT = "11111111-1111-1111-1111-111111111111"
+CLIENT_ID = "22222222-2222-2222-2222-222222222222"
+PRINCIPAL_ID = "33333333-3333-3333-3333-333333333333"
+SOURCE_URI = "mongodb+srv://source.global.mongocluster.cosmos.azure.com/"
+# main.bicep's module outputs, as Azure would return them (only names and ids: nothing secret).
+MODULE_OUTPUTS = {
+    "identity": {"outputs": {"name": "id-test", "clientId": CLIENT_ID, "principalId": PRINCIPAL_ID}},
+    "storage": {"outputs": {"name": "sttest", "deploymentContainerName": "app-package-test", "queueName": "q-test"}},
+    "monitoring": {"outputs": {"applicationInsightsName": "appi-test"}},
+}
+FLEX_REJECTS = {
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "ENABLE_ORYX_BUILD",
+}
+ROLE = {
+    "blob_owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "queue_contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "table_contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "metrics_publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+}
+SECRET_NAME = re.compile(r"password|secret|key|connectionstring", re.IGNORECASE)
+SECRET_VALUE = re.compile(
+    r"AccountKey=|SharedAccessSignature=|sig=|mongodb(\+srv)?://[^/@\s]+:[^/@\s]+@", re.IGNORECASE
+)
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluator
+
+
+class Ref(str):
+    """A value only Azure knows (a resource id, a module output); it prints as ``<path>``."""
+
+    def __new__(cls, path: str) -> Ref:
+        ref = super().__new__(cls, f"<{path}>")
+        ref.path = path
+        return ref
+
+    path: str
+
+
+class Template:
+    """One .bicep file: its declarations, and an evaluator for them under chosen parameter values."""
+
+    def __init__(self, path: Path, params: Mapping[str, Any] | None = None, symbols: Mapping[str, Any] | None = None):
+        self.path = path
+        self.tree = _parser().lark_parser.parse(path.read_text(encoding="utf-8"))
+        self.decls: dict[str, dict[str, Tree[Any]]] = {k: {} for k in ("param", "var", "resource", "module", "output")}
+        for element in self.tree.children:
+            if isinstance(element, Tree) and element.data in self.decls:
+                self.decls[str(element.data)][str(element.children[1])] = element
+        self.given = dict(params or {})
+        self.symbols = dict(symbols or {})
+        self._vars: dict[str, Any] = {}
+
+    # -- declarations
+
+    def decorators(self, name: str) -> set[str]:
+        decorators = self.decls["param"][name].children[0]
+        return {str(d.children[0]) for d in decorators.children} if isinstance(decorators, Tree) else set()
+
+    def param_default(self, name: str) -> Tree[Any] | None:
+        return typing.cast("Tree[Any] | None", self.decls["param"][name].children[3])
+
+    def body(self, kind: str, name: str) -> Any:
+        """The evaluated body of a resource or module (the first item of a loop, the value of a condition)."""
+        node = self.decls[kind][name].children[-1]
+        if node.data == "deploy_condition":
+            node = node.children[1]
+        value = self.ev(node, {})
+        return value[0] if isinstance(value, list) else value
+
+    def module_param_names(self, name: str) -> set[str]:
+        """The parameter names a module declaration passes (read from the tree, nothing evaluated)."""
+        node = self.decls["module"][name].children[-1]
+        body = node.children[1] if node.data == "deploy_condition" else node
+        params = next(p.children[1] for p in body.children if str(p.children[0].children[0]) == "params")
+        return {self.key(pair.children[0], {}) for pair in params.children}
+
+    def var(self, name: str) -> Any:
+        if name not in self._vars:
+            self._vars[name] = self.ev(self.decls["var"][name].children[3], {})
+        return self._vars[name]
+
+    # -- evaluation
+
+    def lookup(self, name: str, env: Mapping[str, Any]) -> Any:
+        if name in env:
+            return env[name]
+        if name in self.decls["param"]:
+            if name in self.given:
+                return self.given[name]
+            default = self.param_default(name)
+            if default is None:
+                raise KeyError(f"{self.path.name}: parameter {name} has no default and the test gave no value")
+            return self.ev(default, {})
+        if name in self.decls["var"]:
+            return self.var(name)
+        if name in self.symbols:
+            return self.symbols[name]
+        if name in self.decls["resource"] or name in self.decls["module"]:
+            return Ref(name)
+        raise KeyError(f"{self.path.name}: unknown name {name}")
+
+    def ev(self, node: Any, env: Mapping[str, Any]) -> Any:
+        if node is None:
+            return None
+        kind = node.data
+        kids = node.children
+        if kind == "string":
+            token = kids[0]
+            return (
+                self.string(str(token), env) if token.type == "QUOTED_INTERPOLATION" else self.lookup(str(token), env)
+            )
+        if kind == "multi_line_string":
+            return str(kids[0])[3:-3].lstrip("\r\n")
+        if kind == "int_type":
+            return int(kids[0])
+        if kind in ("true", "false", "null"):
+            return {"true": True, "false": False, "null": None}[kind]
+        if kind == "object":
+            return {self.key(pair.children[0], env): self.ev(pair.children[1], env) for pair in kids}
+        if kind == "array":
+            return [self.ev(kid, env) for kid in kids]
+        if kind == "loop":
+            spec = kids[0]
+            *names, source = spec.children
+            out = []
+            for index, item in enumerate(self.ev(source, env)):
+                scope = {**env, str(names[0]): item, **({str(names[1]): index} if len(names) == 2 else {})}
+                out.append(self.ev(kids[2], scope))
+            return out
+        if kind == "function":
+            return self.call(str(kids[0])[:-1], [self.ev(k, env) for k in kids[1:] if k is not None])
+        if kind == "operator":
+            return self.ev(kids[0], env)
+        if kind == "property_accessor":
+            value = self.ev(kids[0], env)
+            for name in self.chain(kids[1]):
+                value = Ref(f"{value.path}.{name}") if isinstance(value, Ref) else (value or {}).get(name)
+            return value
+        if kind == "index_accessor":
+            base, index = self.ev(kids[0], env), self.ev(kids[1], env)
+            return Ref(f"{base.path}[{index}]") if isinstance(base, Ref) else base[index]
+        if kind == "conditional":
+            return self.ev(kids[1], env) if self.ev(kids[0], env) else self.ev(kids[2], env)
+        if kind in ("equals", "not_equals"):
+            same = self.ev(kids[0], env) == self.ev(kids[1], env)
+            return same if kind == "equals" else not same
+        if kind == "not_op":
+            return not self.ev(kids[0], env)
+        if kind == "coalesce":
+            first = self.ev(kids[0], env)
+            return first if first is not None else self.ev(kids[1], env)
+        raise NotImplementedError(f"{self.path.name}: the test evaluator does not know '{kind}'")
+
+    def chain(self, node: Any) -> list[str]:
+        """``a.b.c`` parses as accessor(a, accessor(b, c)): the property names after the first operand."""
+        if node.data == "string" and node.children[0].type == "STRING":
+            return [str(node.children[0])]
+        if node.data == "operator" and node.children[0].data == "property_accessor":
+            return self.chain(node.children[0].children[0]) + self.chain(node.children[0].children[1])
+        raise NotImplementedError(f"{self.path.name}: unexpected property access {node}")
+
+    def key(self, node: Tree[Any], env: Mapping[str, Any]) -> str:
+        token = typing.cast("Token", node.children[0])
+        return self.string(str(token), env) if token.type == "QUOTED_INTERPOLATION" else str(token)
+
+    def string(self, literal: str, env: Mapping[str, Any]) -> str:
+        """A quoted Bicep string: escapes, and ``${expr}`` evaluated by parsing ``expr`` as a variable's value."""
+        text, out, i = literal[1:-1], [], 0
+        escapes = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", "$": "$"}
+        while i < len(text):
+            if text[i] == "\\":
+                out.append(escapes[text[i + 1]])
+                i += 2
+            elif text.startswith("${", i):
+                end = text.index("}", i)
+                declaration: Any = _parser().lark_parser.parse(f"var x = {text[i + 2 : end]}\n").children[0]
+                out.append(str(self.ev(declaration.children[3], env)))
+                i = end + 1
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)
+
+    def call(self, name: str, args: list[Any]) -> Any:
+        if name == "string":
+            return args[0] if isinstance(args[0], str) else json.dumps(args[0])
+        if name == "union":
+            merged: dict[str, Any] = {}
+            for arg in args:
+                merged = _deep_union(merged, arg)
+            return merged
+        if name == "concat":
+            return [x for arg in args for x in arg] if isinstance(args[0], list) else "".join(map(str, args))
+        if name == "empty":
+            return not args[0]
+        if name == "toLower":
+            return str(args[0]).lower()
+        if name == "take":
+            return args[0][: args[1]]
+        if name == "replace":
+            return str(args[0]).replace(args[1], args[2])
+        if name == "uniqueString":
+            return hashlib.sha256("|".join(map(str, args)).encode()).hexdigest()[:13]
+        if name == "guid":
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, "|".join(map(str, args))))
+        if name == "tenant":
+            return {"tenantId": TENANT}
+        if name in ("resourceGroup", "subscription"):
+            return Ref(f"{name}({', '.join(map(str, args))})")
+        if name == "subscriptionResourceId":
+            return f"/subscriptions/<subscription>/providers/{args[0]}/{args[1]}"
+        if name == "loadTextContent":
+            return (self.path.parent / args[0]).read_text(encoding="utf-8")
+        raise NotImplementedError(f"{self.path.name}: the test evaluator does not know {name}()")
+
+
+def _deep_union(a: Any, b: Any) -> Any:
+    """ARM's union(): later objects win, nested objects merge."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {**a, **{k: _deep_union(a[k], v) if k in a else v for k, v in b.items()}}
+    return b
+
+
+@cache
+def _parser() -> BicepParser:
+    return BicepParser()
+
+
+def _module_params(main: Template, module: str) -> dict[str, Any]:
+    params = main.body("module", module)["params"]
+    assert isinstance(params, dict)
+    return params
+
+
+def deployed_app(**main_params: Any) -> tuple[Template, dict[str, Any]]:
+    """main.bicep evaluated with these parameters, then function-app.bicep with what main passes it."""
+    main = Template(INFRA / "main.bicep", {"sourceMongoUri": SOURCE_URI, **main_params}, MODULE_OUTPUTS)
+    app = Template(INFRA / "app" / "function-app.bicep", _module_params(main, "functionApp"))
+    settings = app.var("appSettings")
+    assert isinstance(settings, dict)
+    return app, settings
+
+
+def settings_the_code_reads(replicator_config: str) -> set[str]:
+    """App settings named by the code: binding expressions, connections, config and telemetry settings."""
+    names = {"REPLICATOR_CONFIG", APPINSIGHTS_SETTING, "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
+    names |= set(_INTERPOLATION.findall(replicator_config))
+    # Built one by one: azure-functions allows a single app.get_functions() per app object.
+    builders = [v for v in vars(function_app).values() if isinstance(v, FunctionBuilder)]
+    assert builders, "function_app.py declares no functions"
+    for builder in builders:
+        for binding in builder.build().get_bindings_dict()["bindings"]:
+            names |= {m for v in binding.values() if isinstance(v, str) for m in re.findall(r"%(\w+)%", v)}
+            if "connection" in binding:
+                # Identity-based connection: https://learn.microsoft.com/azure/azure-functions/functions-reference
+                prefix = binding["connection"]
+                names |= {f"{prefix}__credential", f"{prefix}__clientId", f"{prefix}__queueServiceUri"}
+    # The host's own storage (timer locks, keys) also needs the blob and table endpoints.
+    names |= {"AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__tableServiceUri"}
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_bicep_file_should_parse_with_pycep(path: Path) -> None:
+    assert _parser().parse(file_path=path)
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_modules_should_exist_and_get_exactly_their_parameters(path: Path) -> None:
+    template = Template(path)
+    for name, module in template.decls["module"].items():
+        target = Template(path.parent / str(module.children[2].children[0])[1:-1])
+        passed = template.module_param_names(name)
+        declared = set(target.decls["param"])
+        required = {p for p in declared if target.param_default(p) is None}
+        assert passed <= declared, f"{name}: unknown parameters {passed - declared}"
+        assert required <= passed, f"{name}: missing parameters {required - passed}"
+
+
+@pytest.mark.parametrize("plan", ["FC1", "EP1"])
+def test_template_should_set_every_app_setting_the_code_reads(plan: str) -> None:
+    _, settings = deployed_app(planSku=plan)
+    missing = settings_the_code_reads(settings["REPLICATOR_CONFIG"]) - set(settings)
+    assert not missing
+    assert settings["REPLICATOR_QUEUE"] == "q-test"  # the queue the storage module created
+    assert settings["REPLICATOR_SCHEDULE"] == "0 */1 * * * *"
+    assert (settings["AZURE_CLIENT_ID"], settings["AZURE_TENANT_ID"]) == (Ref("identity.properties.clientId"), TENANT)
+
+
+@pytest.mark.parametrize(
+    "main_params",
+    [
+        {},
+        {"estuaryMongoUri": "mongodb+srv://estuary.global.mongocluster.cosmos.azure.com/"},
+        {
+            "streams": [
+                {
+                    **dict.fromkeys(["sourceDatabase", "estuaryDatabase"], "shop"),
+                    "name": "a",
+                    "sourceCollection": "a",
+                    "estuaryCollection": "b",
+                    "options": {"initial_sync": True, "on_history_lost": "start_now"},
+                }
+            ]
+        },
+    ],
+    ids=["defaults", "separate-estuary", "stream-options"],
+)
+def test_inline_config_should_validate_with_the_apps_own_loader_for_entra(main_params: dict[str, Any]) -> None:
+    _, settings = deployed_app(**main_params)
+    config = load_config(environ={k: str(v) for k, v in settings.items()})
+
+    for _, endpoint in config.endpoints():
+        assert (endpoint.auth_method, endpoint.credential) == ("entra", "managed_identity")
+        assert (endpoint.tenant_id, endpoint.client_id) == (TENANT, CLIENT_ID)
+    stream = config.streams[0]
+    assert stream.source.connection_uri == SOURCE_URI
+    assert stream.estuary.connection_uri == main_params.get("estuaryMongoUri", SOURCE_URI)
+    assert config.checkpoints.connection_uri == stream.estuary.connection_uri
+    assert config.checkpoints.database == "replicator"
+    if "streams" in main_params:
+        assert (stream.initial_sync, stream.on_history_lost) == (True, "start_now")
+
+
+def test_inline_config_should_validate_with_connection_strings_from_settings() -> None:
+    _, settings = deployed_app(mongoAuthMethod="connection_string", sourceMongoUri="mongodb://db.example:27017/")
+    config = load_config(environ={k: str(v) for k, v in settings.items()})
+    assert {e.auth_method for _, e in config.endpoints()} == {"connection_string"}
+    assert "db.example" not in settings["REPLICATOR_CONFIG"]  # the URI stays in its own setting
+
+
+@pytest.mark.parametrize("plan", ["FC1", "EP1"])
+def test_function_app_should_run_as_the_user_assigned_identity(plan: str) -> None:
+    app, settings = deployed_app(planSku=plan)
+    site = app.body("resource", "site")
+    identity_id, client_id = Ref("identity.id"), Ref("identity.properties.clientId")
+
+    assert app.body("resource", "identity")["name"] == "id-test"  # main's identity module
+    assert site["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {identity_id: {}}}
+    assert site["properties"]["keyVaultReferenceIdentity"] == identity_id
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["AzureWebJobsStorage__clientId"] == client_id
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == f"Authorization=AAD;ClientId={client_id}"
+    assert "AzureWebJobsStorage" not in settings  # no connection string form at all
+    if plan == "FC1":
+        storage = site["properties"]["functionAppConfig"]["deployment"]["storage"]
+        assert storage["authentication"] == {
+            "type": "UserAssignedIdentity",
+            "userAssignedIdentityResourceId": identity_id,
+        }
+    else:
+        assert settings["WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID"] == identity_id
+
+
+def test_flex_path_should_set_function_app_config_and_nothing_flex_rejects() -> None:
+    app, settings = deployed_app(planSku="FC1")
+    site, plan = app.body("resource", "site"), app.body("resource", "plan")
+
+    assert not FLEX_REJECTS & set(settings)
+    assert not {"linuxFxVersion", "alwaysOn"} & set(site["properties"]["siteConfig"])
+    assert (plan["sku"], plan["properties"]["reserved"]) == ({"name": "FC1", "tier": "FlexConsumption"}, True)
+    assert site["kind"] == "functionapp,linux"
+    config = site["properties"]["functionAppConfig"]
+    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["scaleAndConcurrency"]["instanceMemoryMB"] == 2048
+    assert config["deployment"]["storage"]["value"] == "<storage.properties.primaryEndpoints.blob>app-package-test"
+
+
+def test_premium_path_should_run_from_a_package_blob_without_azure_files() -> None:
+    app, settings = deployed_app(planSku="EP1")
+    site, plan = app.body("resource", "site"), app.body("resource", "plan")
+
+    assert plan["sku"] == {"name": "EP1", "tier": "ElasticPremium", "family": "EP"}
+    assert site["properties"]["functionAppConfig"] is None
+    assert site["properties"]["siteConfig"]["linuxFxVersion"] == "Python|3.11"
+    assert (settings["FUNCTIONS_WORKER_RUNTIME"], settings["FUNCTIONS_EXTENSION_VERSION"]) == ("python", "~4")
+    assert settings["WEBSITE_RUN_FROM_PACKAGE"].endswith("app-package-test/replicator.zip")
+    # Azure Files takes only an account-key connection string, which a shared-key-free account cannot give.
+    assert not {"WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE"} & set(settings)
+
+
+def test_storage_should_refuse_shared_keys_and_grant_the_identity_its_roles() -> None:
+    main = Template(INFRA / "main.bicep", {"sourceMongoUri": SOURCE_URI}, MODULE_OUTPUTS)
+    storage_params = _module_params(main, "storage")
+    storage = Template(INFRA / "app" / "storage.bicep", storage_params)
+    account = storage.body("resource", "storage")["properties"]
+
+    assert account["allowSharedKeyAccess"] is False
+    assert (account["minimumTlsVersion"], account["allowBlobPublicAccess"]) == ("TLS1_2", False)
+    assert storage.var("queueNames") == ["replicator-passes", "replicator-passes-poison"]
+    assignments = storage.ev(storage.decls["resource"]["identityAssignments"].children[-1], {})
+    assert {a["properties"]["principalId"] for a in assignments} == {PRINCIPAL_ID}
+    granted = {a["properties"]["roleDefinitionId"].rsplit("/", 1)[1] for a in assignments}
+    assert granted == {ROLE["blob_owner"], ROLE["queue_contributor"], ROLE["table_contributor"]}
+    assert storage.var("operatorRoles") == []  # nobody else unless operatorPrincipalId is given
+
+    monitoring = Template(INFRA / "app" / "monitoring.bicep", _module_params(main, "monitoring"))
+    publisher = monitoring.body("resource", "metricsPublisher")
+    assert publisher["properties"]["roleDefinitionId"].endswith(ROLE["metrics_publisher"])
+    assert publisher["properties"]["principalId"] == PRINCIPAL_ID
+    assert monitoring.body("resource", "applicationInsights")["properties"]["DisableLocalAuth"] is True
+
+
+def test_documentdb_user_should_register_the_identity_by_its_principal_id() -> None:
+    main = Template(INFRA / "main.bicep", {"sourceMongoUri": SOURCE_URI, "documentDbClusterName": "c1"}, MODULE_OUTPUTS)
+    assert main.decls["module"]["documentDbUser"].children[-1].data == "deploy_condition"
+    user = Template(INFRA / "app" / "documentdb-user.bicep", _module_params(main, "documentDbUser"))
+    body = user.body("resource", "user")
+
+    assert body["name"] == PRINCIPAL_ID
+    assert body["properties"]["identityProvider"] == {
+        "type": "MicrosoftEntraID",
+        "properties": {"principalType": "servicePrincipal"},
+    }
+    assert body["properties"]["roles"] == [{"db": "admin", "role": "root"}]
+    assert user.body("resource", "cluster")["name"] == "c1"
+
+
+def _all_declarations() -> Iterator[tuple[Template, str, str]]:
+    for path in BICEP_FILES:
+        template = Template(path)
+        for kind in ("param", "output"):
+            for name in template.decls[kind]:
+                yield template, kind, name
+
+
+def test_no_parameter_default_or_output_should_look_secret() -> None:
+    for template, kind, name in _all_declarations():
+        where = f"{template.path.relative_to(INFRA)} {kind} {name}"
+        node = template.decls[kind][name]
+        if kind == "output":
+            assert not SECRET_NAME.search(name), where
+            tokens = {str(t) for t in node.children[-1].scan_values(lambda v: isinstance(v, Token))}
+            secure = {p for p in template.decls["param"] if "secure" in template.decorators(p)}
+            assert not tokens & (secure | {"listKeys", "ConnectionString", "InstrumentationKey"}), where
+            continue
+        default = template.param_default(name)
+        if SECRET_NAME.search(name):
+            assert "secure" in template.decorators(name), where
+        if default is not None:
+            value = json.dumps(template.ev(default, {}), default=str)
+            assert not SECRET_VALUE.search(value), where
+            assert "secure" not in template.decorators(name) or value in ('""', "{}"), where
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert not SECRET_VALUE.search(json.dumps(parameters))
+    assert not {n for n in parameters if SECRET_NAME.search(n)}
+
+
+def test_parameters_file_should_name_only_declared_parameters() -> None:
+    declared = set(Template(INFRA / "main.bicep").decls["param"])
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert set(parameters) <= declared
+
+
+class _RecordingMeter:
+    """Stands in for an OpenTelemetry meter to list the instrument names the app creates."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def _create(self, name: str, **_: Any) -> _RecordingMeter:
+        self.names.add(name)
+        return self
+
+    create_counter = create_histogram = create_up_down_counter = _create
+
+
+def test_queries_should_name_only_metrics_and_events_the_code_emits() -> None:
+    meter = _RecordingMeter()
+    AuthMetrics(typing.cast("metrics.Meter", meter))
+    ReplicationMetrics(typing.cast("metrics.Meter", meter))
+    events = {m for f in (ROOT / "shared").rglob("*.py") for m in re.findall(r'"event": "(\w+)"', f.read_text())}
+    loaded = {m for p in BICEP_FILES for m in re.findall(r"loadTextContent\('\.\./queries/([\w.-]+)'\)", p.read_text())}
+
+    for query in sorted((INFRA / "queries").glob("*.kql")):
+        text = query.read_text(encoding="utf-8")
+        assert set(re.findall(r"replicator_\w+", text)) <= meter.names, query.name
+        named_events = re.search(r"event in \(([^)]*)\)", text)
+        if named_events:
+            assert set(re.findall(r'"(\w+)"', named_events.group(1))) <= events, query.name
+        assert query.name in loaded, f"{query.name} is neither in the workbook nor in an alert"
+
+
+def test_workbook_should_carry_every_dashboard_query_as_valid_json() -> None:
+    workbook = Template(
+        INFRA / "app" / "workbook.bicep", {"applicationInsightsName": "appi", "location": "x", "displayName": "d"}
+    )
+    content = json.loads(workbook.body("resource", "workbook")["properties"]["serializedData"])
+    queries = {item["content"]["query"] for item in content["items"] if item["type"] == 3}
+    for name in (
+        "replication-lag",
+        "events-per-second",
+        "auth-failures",
+        "token-cache-hit-ratio",
+        "pass-outcomes",
+        "dead-letters",
+        "notable-events",
+    ):
+        assert (INFRA / "queries" / f"{name}.kql").read_text(encoding="utf-8") in queries

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.localdev.conftest import processes_using
+
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("no_leftovers")]
 
 
 def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -32,28 +32,6 @@ def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _processes_using(directory: Path) -> dict[int, str]:
-    """Running processes whose command line mentions ``directory``, by pid (Linux /proc; empty elsewhere)."""
-    found = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(directory) in text:
-            found[int(cmdline.parent.name)] = text
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path: Path) -> Iterator[None]:
-    """Whatever happens in a test, kill what a failed demo left behind (servers run in their own sessions)."""
-    yield
-    for pid in _processes_using(tmp_path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_demo_should_replicate_live_and_find_estuary_equal_to_source_when_run_for_a_few_seconds(tmp_path):
     demo = _demo(tmp_path, "--seconds", "3")
     out, _ = demo.communicate(timeout=80)
@@ -63,7 +41,7 @@ def test_demo_should_replicate_live_and_find_estuary_equal_to_source_when_run_fo
     assert "replicating" in out
     assert "estuary == source: OK" in out
     assert "stand-ins stopped" in out
-    assert _processes_using(tmp_path) == {}
+    assert processes_using(tmp_path) == {}
 
 
 def test_demo_should_catch_up_verify_and_stop_everything_when_its_process_group_gets_ctrl_c(tmp_path):
@@ -83,4 +61,4 @@ def test_demo_should_catch_up_verify_and_stop_everything_when_its_process_group_
     assert demo.returncode == 0, out
     assert "estuary == source: OK" in out
     assert "stand-ins stopped" in out
-    assert _processes_using(tmp_path) == {}
+    assert processes_using(tmp_path) == {}

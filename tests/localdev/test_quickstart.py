@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localdev.quickstart import SCENARIOS
+from tests.localdev.conftest import processes_using
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.timeout(90)
-
-
-def _processes_using(directory: Path) -> dict[int, str]:
-    """Running processes whose command line mentions ``directory``, by pid (Linux /proc; empty elsewhere)."""
-    found = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(directory) in text:
-            found[int(cmdline.parent.name)] = text
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(tmp_path: Path) -> Iterator[None]:
-    """Whatever happens, kill what a failed run left behind (the servers run in their own sessions)."""
-    yield
-    for pid in _processes_using(tmp_path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("no_leftovers")]
 
 
 def test_quickstart_should_pass_every_scenario_and_stop_everything_it_started(tmp_path):
@@ -63,4 +39,4 @@ def test_quickstart_should_pass_every_scenario_and_stop_everything_it_started(tm
         assert scenario.claim in line
     assert f"{len(SCENARIOS)} of {len(SCENARIOS)} scenarios passed" in out
     assert "stand-ins stopped" in out
-    assert _processes_using(tmp_path) == {}
+    assert processes_using(tmp_path) == {}

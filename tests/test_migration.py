@@ -12,7 +12,7 @@ The same nx-27017 server is reached two ways: directly with a plain connection s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,34 +28,29 @@ STREAM = "orders"
 TIMING = {"poll_interval": 0.1, "idle_timeout": 0.6, "time_budget": 30, "lease_duration": 10}
 
 
-def connection_string_config(stack: LocalStack) -> dict[str, Any]:
-    """Before: every endpoint with a plain connection string (what existing deployments have)."""
+def stream_config(endpoint: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """One stream over the same databases and collections, every endpoint built by ``endpoint``."""
     return {
-        "checkpoints": stack.plain_endpoint("replicator"),
+        "checkpoints": endpoint("replicator"),
         "streams": [
             {
                 "name": STREAM,
-                "source": stack.plain_endpoint("shop", "orders"),
-                "estuary": stack.plain_endpoint("replica", "orders"),
+                "source": endpoint("shop", "orders"),
+                "estuary": endpoint("replica", "orders"),
                 **TIMING,
             }
         ],
     }
+
+
+def connection_string_config(stack: LocalStack) -> dict[str, Any]:
+    """Before: every endpoint with a plain connection string (what existing deployments have)."""
+    return stream_config(stack.plain_endpoint)
 
 
 def entra_config(stack: LocalStack) -> dict[str, Any]:
-    """After: the same databases and collections, every endpoint with ``auth_method: entra`` through the proxy."""
-    return {
-        "checkpoints": stack.entra_endpoint("replicator"),
-        "streams": [
-            {
-                "name": STREAM,
-                "source": stack.entra_endpoint("shop", "orders"),
-                "estuary": stack.entra_endpoint("replica", "orders"),
-                **TIMING,
-            }
-        ],
-    }
+    """After: every endpoint with ``auth_method: entra`` through the proxy."""
+    return stream_config(stack.entra_endpoint)
 
 
 class Deployment:
@@ -148,7 +143,7 @@ def test_switching_every_endpoint_to_entra_should_keep_the_streams_position(stac
     assert switched is not None
     assert direct["checkpoints"].count_documents({}) == 1  # still the one document, keyed by the stream's name
     assert switched["lease"]["epoch"] > saved["lease"]["epoch"]  # the fence carried on from where it was
-    assert switched["resume_token"] != saved["resume_token"]  # the same token, continued
+    assert switched["resume_token"] != saved["resume_token"]  # and moved on from there
     assert switched["counters"]["events"] == first_writes + during_switch + later
     assert switched["status"] == "idle"
     assert not switched.get("gaps")  # no gap was recorded

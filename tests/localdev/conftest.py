@@ -1,4 +1,4 @@
-"""What the stand-in tests share: finding (and killing) processes a failed run left behind."""
+"""What the stand-in tests share: telling whether a process runs, finding (and killing) what a failed run left."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def processes_using(directory: Path) -> dict[int, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -10,14 +9,7 @@ import pytest
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from localdev.azurite import Azurite
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.localdev.conftest import is_alive
 
 
 def test_azurite_should_round_trip_a_base64_message_and_leave_no_process_when_stopped(tmp_path: Path) -> None:
@@ -46,7 +38,7 @@ def test_azurite_should_round_trip_a_base64_message_and_leave_no_process_when_st
     azurite.stop()  # idempotent
 
     assert azurite.pid is None
-    assert not _is_alive(pid)
+    assert not is_alive(pid)
 
 
 def test_each_start_should_be_an_empty_account_on_its_own_port(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -10,18 +9,11 @@ import pytest
 from pymongo import MongoClient
 
 from localdev.nx import NxServer
+from tests.localdev.conftest import is_alive
 
 
 def _client(server: NxServer) -> MongoClient[dict[str, object]]:
     return MongoClient(server.uri, serverSelectionTimeoutMS=5000)
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_nx_server_should_keep_same_named_collections_apart_when_databases_differ(tmp_path: Path) -> None:
@@ -37,14 +29,14 @@ def test_nx_server_should_leave_no_process_or_pid_file_when_stopped(tmp_path: Pa
     server = NxServer(tmp_path / "nx").start()
     pid = server.pid
     assert pid is not None
-    assert _is_alive(pid)
+    assert is_alive(pid)
     assert server.pid_file.read_text().strip() == str(pid)
 
     server.stop()
     server.stop()  # idempotent
 
     assert server.pid is None
-    assert not _is_alive(pid)
+    assert not is_alive(pid)
     assert not server.pid_file.exists()
 
 
@@ -66,7 +58,7 @@ def test_nx_server_should_keep_data_and_port_when_killed_and_restarted(tmp_path:
 
         server.kill()
         assert first_pid is not None
-        assert not _is_alive(first_pid)
+        assert not is_alive(first_pid)
         server.restart()
 
         assert server.port == port

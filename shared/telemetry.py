@@ -185,7 +185,7 @@ class ReplicationMetrics:
             "replicator_replication_lag_seconds", unit="s", description="Now minus the last applied event's time."
         )
         self.checkpoint_saves = m.create_counter(
-            "replicator_checkpoint_saves_total", description="Checkpoint writes, by kind (batch, idle)."
+            "replicator_checkpoint_saves_total", description="Checkpoint writes, by kind (batch, idle, lifecycle)."
         )
         self.passes = m.create_counter("replicator_passes_total", description="Passes, by outcome.")
         self.documents_copied = m.create_counter(

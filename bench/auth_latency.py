@@ -26,7 +26,7 @@ from typing import Any
 
 from pymongo.auth_oidc import OIDCCallbackContext
 
-from localdev.mi_stub import ManagedIdentityStub
+from localdev.standins.mi_stub import ManagedIdentityStub
 from shared.auth.credentials import ManagedIdentitySource
 from shared.auth.oidc import EntraOIDCCallback
 from shared.auth.scopes import DOCUMENTDB_SCOPE

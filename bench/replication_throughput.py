@@ -59,7 +59,7 @@ from opentelemetry.util.types import Attributes
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 
-from localdev.nx import NxServer
+from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig

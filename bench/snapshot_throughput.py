@@ -33,7 +33,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from bench.replication_throughput import PeakRss, Progress, differences
-from localdev.nx import NxServer
+from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig

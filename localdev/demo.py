@@ -26,8 +26,8 @@ import yaml
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from localdev.nx import NxServer
-from localdev.stack import LocalStack
+from localdev.standins.nx import NxServer
+from localdev.standins.stack import LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.cli import main as cli
 from shared.clock import SystemClock

@@ -29,8 +29,8 @@ import yaml
 from pymongo import MongoClient
 from pymongo.auth_oidc import OIDCCallbackContext
 
-from localdev.nx import NxServer
-from localdev.stack import CLIENT_ID, PRINCIPAL_ID, TENANT_ID, LocalStack
+from localdev.standins.nx import NxServer
+from localdev.standins.stack import CLIENT_ID, PRINCIPAL_ID, TENANT_ID, LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.auth.oidc import EntraOIDCCallback
 from shared.auth.scopes import DOCUMENTDB_SCOPE

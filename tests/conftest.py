@@ -20,8 +20,8 @@ import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from localdev.nx import NxServer
-from localdev.stack import LocalStack
+from localdev.standins.nx import NxServer
+from localdev.standins.stack import LocalStack
 from shared.auth.credentials import AccessToken
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock

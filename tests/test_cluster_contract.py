@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pymongo.collection import Collection
 
-from localdev.nx import NxServer
+from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import MongoConfig, ReplicatorConfig

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localdev.stack import CLIENT_ID, PRINCIPAL_ID, TENANT_ID, LocalStack
+from localdev.standins.stack import CLIENT_ID, PRINCIPAL_ID, TENANT_ID, LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.auth.scopes import DOCUMENTDB_RESOURCE
 from shared.clock import SystemClock

@@ -1,4 +1,4 @@
-"""Every example a user can copy validates, and the README's configuration reference matches the models."""
+"""Every example a user can copy validates, and docs/configuration.md's reference matches the models."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def test_local_settings_example_should_point_at_an_example_that_exists():
     assert (ROOT / values["REPLICATOR_CONFIG"]).is_file()
 
 
-def test_readme_configuration_reference_should_match_the_models():
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", readme, re.DOTALL)
-    assert match, "README.md lacks the config-reference markers"
-    assert match.group(1) == config_reference(), "stale: run .venv/bin/python scripts/update_readme_reference.py"
+def test_configuration_reference_should_match_the_models():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    match = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", page, re.DOTALL)
+    assert match, "docs/configuration.md lacks the config-reference markers"
+    assert match.group(1) == config_reference(), "stale: run .venv/bin/python scripts/update_config_reference.py"

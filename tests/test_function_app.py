@@ -31,8 +31,8 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 from pymongo import MongoClient
 
 import function_app
-from localdev.azurite import Azurite
-from localdev.stack import LocalStack
+from localdev.standins.azurite import Azurite
+from localdev.standins.stack import LocalStack
 from shared.auth.mongo_client import default_factory
 from shared.config_loader import get_config
 from tests.conftest import stack_config, write_config

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from localdev.stack import LocalStack
+from localdev.standins.stack import LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from localdev.stack import PRINCIPAL_ID, LocalStack
+from localdev.standins.stack import PRINCIPAL_ID, LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from localdev.nx import NxServer
-from localdev.stack import LocalStack
+from localdev.standins.nx import NxServer
+from localdev.standins.stack import LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localdev.mi_stub import ManagedIdentityStub
+from localdev.standins.mi_stub import ManagedIdentityStub
 from shared.auth.credentials import DeveloperSource, ManagedIdentitySource, select_token_source
 from shared.auth.scopes import DOCUMENTDB_SCOPE
 from shared.auth.tokens import RetryPolicy, TokenProvider

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-from localdev.azurite import Azurite
+from localdev.standins.azurite import Azurite
 from tests.localdev.conftest import is_alive
 
 

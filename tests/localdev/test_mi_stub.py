@@ -17,7 +17,7 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError, ServiceResponseError
 from azure.identity import ManagedIdentityCredential
 
-from localdev.mi_stub import UNKNOWN_IDENTITY_MESSAGE, ManagedIdentityStub, TokenRequest
+from localdev.standins.mi_stub import UNKNOWN_IDENTITY_MESSAGE, ManagedIdentityStub, TokenRequest
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0f2b4c1e-6a1d-4c55-9a57-3d1b8f0c2a11"
@@ -229,7 +229,15 @@ def test_stub_should_release_port_when_stopped(stub: ManagedIdentityStub) -> Non
 
 def test_cli_should_print_settings_and_serve_tokens_until_sigterm(tmp_path: Path) -> None:
     key_file = tmp_path / "key.pem"
-    command = [sys.executable, "-m", "localdev.mi_stub", "--tenant", TENANT, "--identity", f"{CLIENT_ID}={OBJECT_ID}"]
+    command = [
+        sys.executable,
+        "-m",
+        "localdev.standins.mi_stub",
+        "--tenant",
+        TENANT,
+        "--identity",
+        f"{CLIENT_ID}={OBJECT_ID}",
+    ]
     process = subprocess.Popen(
         [*command, "--public-key-out", str(key_file)],
         stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from localdev.nx import NxServer
+from localdev.standins.nx import NxServer
 from tests.localdev.conftest import is_alive
 
 

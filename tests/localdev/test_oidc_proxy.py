@@ -21,9 +21,9 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 
-from localdev.mi_stub import ManagedIdentityStub
-from localdev.nx import NxServer
-from localdev.oidc_proxy import AuthEvent, OIDCProxy
+from localdev.standins.mi_stub import ManagedIdentityStub
+from localdev.standins.nx import NxServer
+from localdev.standins.oidc_proxy import AuthEvent, OIDCProxy
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0f2b4c1e-6a1d-4c55-9a57-3d1b8f0c2a11"
@@ -297,7 +297,7 @@ def test_proxy_should_close_listener_and_connections_when_stopped(proxy: OIDCPro
 def test_cli_should_enforce_oidc_until_sigterm(nx: NxServer, stub: ManagedIdentityStub, tmp_path: Path) -> None:
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(stub.public_key_pem)
-    command = [sys.executable, "-m", "localdev.oidc_proxy", "--upstream", f"{nx.host}:{nx.port}"]
+    command = [sys.executable, "-m", "localdev.standins.oidc_proxy", "--upstream", f"{nx.host}:{nx.port}"]
     process = subprocess.Popen(
         [*command, "--audience", AUDIENCE, "--public-key-file", str(key_file), "--tenant", TENANT],
         stdout=subprocess.PIPE,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
-from localdev.child import ChildProcess
+from localdev.standins.child import ChildProcess
 
 
 class NxServer(ChildProcess):

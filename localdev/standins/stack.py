@@ -13,10 +13,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from localdev.mi_stub import ManagedIdentityStub
-from localdev.nx import NxServer
-from localdev.oidc_proxy import OIDCProxy
-from localdev.service import Service
+from localdev.standins.mi_stub import ManagedIdentityStub
+from localdev.standins.nx import NxServer
+from localdev.standins.oidc_proxy import OIDCProxy
+from localdev.standins.service import Service
 from shared.auth.scopes import DOCUMENTDB_RESOURCE
 
 TENANT_ID = "72f988bf-0000-4000-8000-00000000cafe"

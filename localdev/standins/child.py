@@ -13,7 +13,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import IO, Self
 
-from localdev.service import Service
+from localdev.standins.service import Service
 
 _log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from bson.errors import BSONError
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from localdev import wire
-from localdev.service import Service
+from localdev.standins import wire
+from localdev.standins.service import Service
 
 _log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _parse_address(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; print the proxy's connection string as one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m localdev.oidc_proxy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m localdev.standins.oidc_proxy", description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, type=_parse_address, metavar="HOST:PORT")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--listen-port", type=int, default=0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import http.client
 from pathlib import Path
 
-from localdev.child import ChildProcess
+from localdev.standins.child import ChildProcess
 
 # The storage emulator's published development account and key (the same for every Azurite and the old
 # Storage Emulator; documented at https://learn.microsoft.com/azure/storage/common/storage-use-azurite).
@@ -26,7 +26,7 @@ from localdev.child import ChildProcess
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Azurite(ChildProcess):

@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from localdev.service import Service
+from localdev.standins.service import Service
 
 _log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def _parse_identity(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; print the app settings to use as one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m localdev.mi_stub", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m localdev.standins.mi_stub", description=__doc__.splitlines()[0])
     parser.add_argument("--tenant", required=True, help="tenant id put into the tokens (tid, iss)")
     parser.add_argument("--identity", action="append", type=_parse_identity, default=[], metavar="CLIENT_ID=OBJECT_ID")
     parser.add_argument("--system-assigned", metavar="OBJECT_ID", help="principal id of a system-assigned identity")

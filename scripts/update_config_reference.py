@@ -1,4 +1,4 @@
-"""Rewrite the configuration reference in README.md from the pydantic models (tests fail when it is stale)."""
+"""Rewrite the configuration reference in docs/configuration.md from the pydantic models (tests fail when stale)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.config_reference import config_reference
 
 MARKERS = re.compile(r"<!-- config-reference:start -->\n.*?<!-- config-reference:end -->", re.DOTALL)
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 block = f"<!-- config-reference:start -->\n{config_reference()}<!-- config-reference:end -->"
-README.write_text(MARKERS.sub(lambda _: block, README.read_text()))
+PAGE.write_text(MARKERS.sub(lambda _: block, PAGE.read_text()))

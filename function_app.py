@@ -24,11 +24,18 @@ from typing import Any
 
 import azure.functions as func
 
-from shared import ConfigError, ReplicatorError, default_factory, get_config, run_test_auth
+from shared import (
+    ConfigError,
+    ReplicatorError,
+    Services,
+    build_services,
+    default_factory,
+    get_config,
+    run_test_auth,
+    schedule,
+)
 from shared.clock import SystemClock
-from shared.operations import schedule
-from shared.replicate import Replicator
-from shared.telemetry import ReplicationMetrics, configure_telemetry, correlation, get_logger
+from shared.telemetry import configure_telemetry, correlation, get_logger
 from shared.work_queue import BadMessageError, parse_pass_request
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -48,9 +55,9 @@ def _telemetry_configured() -> bool:
 
 
 @functools.cache
-def _replicator() -> Replicator:
-    """The process's one Replicator, built on first use (never at import: a bad setting must not hide functions)."""
-    return Replicator(get_config(), factory=default_factory(), clock=SystemClock(), metrics=ReplicationMetrics())
+def _services() -> Services:
+    """The process's services, built on first use (never at import: a bad setting must not hide functions)."""
+    return build_services(get_config(), factory=default_factory())
 
 
 @app.timer_trigger(arg_name="timer", schedule="%REPLICATOR_SCHEDULE%")
@@ -66,7 +73,14 @@ def schedule_passes(
     _telemetry_configured()
     with correlation(context.invocation_id):
         try:
-            messages = schedule(_replicator(), correlation_id=context.invocation_id, now=time.time())
+            services = _services()
+            messages = schedule(
+                services.config,
+                checkpoints=services.checkpoints,
+                metrics=services.metrics,
+                correlation_id=context.invocation_id,
+                now=time.time(),
+            )
         except ConfigError as exc:
             _log.error("no passes scheduled: %s", exc)
             return
@@ -102,7 +116,7 @@ def replicate_stream(message: func.QueueMessage, context: func.Context) -> None:
             extra={"stream": request.stream, "dequeue_count": dequeue_count},
         )
         try:
-            result = _replicator().run_pass(request.stream)
+            result = _services().replicator.run_pass(request.stream)
         except ReplicatorError as exc:
             if exc.transient:
                 raise

@@ -30,10 +30,10 @@ from localdev.standins.nx import NxServer
 from localdev.standins.stack import LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.cli import main as cli
-from shared.clock import SystemClock
 from shared.config_loader import load_config
+from shared.position import CheckpointStore
 from shared.replicate import Replicator
-from shared.telemetry import ReplicationMetrics
+from shared.services import build_services
 
 LOCAL_DIR = Path(".local")
 STREAM = "orders"
@@ -98,14 +98,14 @@ class Passes(threading.Thread):
 class Status:
     """The once-a-second status line: refreshed in place on a terminal, one line per update otherwise."""
 
-    def __init__(self, writer: Writer, passes: Passes) -> None:
-        self.writer, self.passes = writer, passes
+    def __init__(self, writer: Writer, passes: Passes, checkpoints: CheckpointStore) -> None:
+        self.writer, self.passes, self.checkpoints = writer, passes, checkpoints
         self.started = self.last_at = time.monotonic()
         self.last_written = self.last_replicated = self.consumed = 0
 
     def replicated(self) -> int:
         """Events applied to the estuary, as counted on the stream's checkpoint (what ``status`` shows)."""
-        checkpoint = self.passes.replicator.checkpoints.read(STREAM)
+        checkpoint = self.checkpoints.read(STREAM)
         return checkpoint.counters.get("events", 0) if checkpoint else 0
 
     def lag(self, replicated: int) -> float:
@@ -190,14 +190,14 @@ def replicate(path: Path, stack: LocalStack, sink: NxServer, seconds: float, rat
     print(f"\nreplicating for {seconds:g}s, Ctrl-C to stop sooner (source {stack.proxy.uri} -> estuary {sink.uri})")
     factory = ClientFactory()
     writer = Writer(stack.nx.uri, rate)  # the application writes to its database directly, not through the proxy
-    replicator = Replicator(load_config(path), factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-    passes = Passes(replicator)
-    status = Status(writer, passes)
+    services = build_services(load_config(path), factory=factory)
+    passes = Passes(services.replicator)
+    status = Status(writer, passes, services.checkpoints)
     try:
         passes.start()  # the first pass saves where the stream starts; only then may the application write
         ready_by = time.monotonic() + 30.0
         while not signals.stop.wait(0.1) and time.monotonic() < ready_by:
-            if (checkpoint := replicator.checkpoints.read(STREAM)) and checkpoint.resume_token is not None:
+            if (checkpoint := services.checkpoints.read(STREAM)) and checkpoint.resume_token is not None:
                 break
         writer.start()
         deadline = time.monotonic() + seconds

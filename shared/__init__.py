@@ -18,8 +18,9 @@ from shared.errors import (
     TokenServiceError,
     TransientError,
 )
-from shared.operations import reset_stream, schedule, token_health
-from shared.replicate import PassResult, Replicator
+from shared.operations import schedule, token_health
+from shared.replicate import PassResult, Replicator, replay, reset_stream
+from shared.services import Services, build_services
 
 __all__ = [
     "AuthError",
@@ -33,13 +34,16 @@ __all__ = [
     "Replicator",
     "ReplicatorConfig",
     "ReplicatorError",
+    "Services",
     "StreamConfig",
     "TokenServiceError",
     "TransientError",
+    "build_services",
     "default_factory",
     "get_client",
     "get_config",
     "load_config",
+    "replay",
     "reset_stream",
     "run_test_auth",
     "schedule",

@@ -13,21 +13,15 @@ is ``config_loader``'s job.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared import mongo_uri
 from shared.auth.scopes import DOCUMENTDB_SCOPE, scope_problem
+from shared.config_types import Duration, FieldProblems, check_uuid
+from shared.errors import ConfigError
 
 AuthMethod = Literal["connection_string", "entra"]
 FullDocument = Literal["updateLookup", "whenAvailable", "required", "default"]
@@ -35,45 +29,8 @@ FullDocument = Literal["updateLookup", "whenAvailable", "required", "default"]
 _ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset"})
 CredentialKind = Literal["auto", "managed_identity", "developer"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BAD_DATABASE_CHARS = set('/\\. "$*<>:|?')
-
-
-def parse_duration(value: object) -> object:
-    """Accept ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as '30s', '5m' or a number of seconds")
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"must be a duration such as '30s', '5m', '1h' or a number of seconds (got {value!r})")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-
-
-class FieldProblems(ValueError):  # noqa: N818 (carries problems through pydantic; never reaches a user)
-    """Several ``field: message`` problems found by one model validator, paths relative to that model.
-
-    ``config_loader`` unpacks them into one ``path: message`` line each.
-    """
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
-        self.problems = problems
-
-
-def _check_uuid(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValueError(f"must be a UUID ({what}, e.g. 00000000-0000-0000-0000-000000000000)") from None
 
 
 class MongoConfig(BaseModel):
@@ -134,12 +91,12 @@ class MongoConfig(BaseModel):
     @field_validator("tenant_id")
     @classmethod
     def _tenant_uuid(cls, value: str | None) -> str | None:
-        return _check_uuid(value, "the Entra directory (tenant) id")
+        return check_uuid(value, "the Entra directory (tenant) id")
 
     @field_validator("client_id")
     @classmethod
     def _client_uuid(cls, value: str | None) -> str | None:
-        return _check_uuid(value, "the managed identity's client id, not its object id or name")
+        return check_uuid(value, "the managed identity's client id, not its object id or name")
 
     @field_validator("database")
     @classmethod
@@ -359,6 +316,13 @@ class ReplicatorConfig(BaseModel):
         if problems:
             raise FieldProblems(problems)
         return self
+
+    def stream(self, name: str) -> StreamConfig:
+        """The stream called ``name``; an unknown name is a configuration error that lists the known ones."""
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise ConfigError([f"no stream named '{name}' (configured: {', '.join(s.name for s in self.streams)})"])
 
     def endpoints(self) -> Iterator[tuple[str, MongoConfig]]:
         """Every connection with its config path, checkpoints first."""

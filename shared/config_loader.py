@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from shared.config import FieldProblems, MongoConfig, ReplicatorConfig, StreamConfig, TransformConfig
+from shared.config import MongoConfig, ReplicatorConfig, StreamConfig, TransformConfig
+from shared.config_types import FieldProblems
 from shared.errors import ConfigError
 
 CONFIG_SETTING = "REPLICATOR_CONFIG"

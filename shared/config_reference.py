@@ -1,4 +1,4 @@
-"""The configuration reference, generated from the pydantic models (the README embeds it; a test keeps it true)."""
+"""The configuration reference, generated from the pydantic models (docs/configuration.md embeds it; a test keeps it true)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from shared.config import MongoConfig, ReplicatorConfig, StreamConfig, TransformConfig, parse_duration
+from shared.config import MongoConfig, ReplicatorConfig, StreamConfig, TransformConfig
+from shared.config_types import parse_duration
 
 
 def config_reference() -> str:
-    """The configuration reference as Markdown tables, generated from the models (the README embeds it)."""
+    """The configuration reference as Markdown tables, generated from the models (docs/configuration.md embeds it)."""
     sections = (
         ("Top level", ReplicatorConfig),
         ("`streams[]`", StreamConfig),

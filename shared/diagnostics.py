@@ -14,22 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import PyMongoError
 
 from shared import mongo_uri
 from shared.auth.claims import unverified_claims
 from shared.auth.scopes import audience_matches, resource_of
 from shared.errors import ReplicatorError
-from shared.redaction import redact_text
+from shared.mongo_errors import explain
 
 if TYPE_CHECKING:
     from shared.auth.mongo_client import ClientFactory
     from shared.clock import Clock
     from shared.config import MongoConfig, ReplicatorConfig
-
-_AUTHENTICATION_FAILED = 18
-_UNAUTHORIZED = 13
-_REGISTER_DOCS = "https://learn.microsoft.com/azure/documentdb/how-to-connect-role-based-access-control"
 
 
 @dataclass
@@ -165,40 +161,6 @@ def _ping(endpoint: MongoConfig, factory: ClientFactory, clock: Clock, *, princi
     try:
         factory.client(endpoint).admin.command("ping")
     except (PyMongoError, ReplicatorError) as exc:
-        error, hint = _explain(exc, endpoint, principal)
+        error, hint = explain(exc, endpoint, principal=principal)
         return PingCheck(error=error, hint=hint)
     return PingCheck(ok=True, duration_ms=round((clock.monotonic() - started) * 1000, 1))
-
-
-def _explain(exc: Exception, endpoint: MongoConfig, principal: str | None) -> tuple[str, str | None]:
-    """A sentence about what failed and what to check, for the errors users actually meet."""
-    if isinstance(exc, ReplicatorError):
-        return exc.message, exc.hint
-    entra = endpoint.auth_method == "entra"
-    if isinstance(exc, OperationFailure) and exc.code == _AUTHENTICATION_FAILED:
-        if entra:
-            who = f"principal (object id) {principal}" if principal else "the identity's principal"
-            return (
-                "the server refused the Entra token (AuthenticationFailed)",
-                f"register {who} on the cluster as a Microsoft Entra ID user and make sure the cluster allows "
-                f"MicrosoftEntraID in authConfig.allowedModes; also check the scope ({endpoint.scope}); "
-                f"{_REGISTER_DOCS}",
-            )
-        return (
-            "the server refused the user name or password (AuthenticationFailed)",
-            "check connection_uri's credentials",
-        )
-    if isinstance(exc, OperationFailure) and exc.code == _UNAUTHORIZED:
-        return (
-            "authenticated, but not allowed to run the command (Unauthorized)",
-            f"grant the user a role on database '{endpoint.database}' (readWrite for estuary and checkpoints)",
-        )
-    if isinstance(exc, ServerSelectionTimeoutError):
-        hosts = ", ".join(mongo_uri.hosts(endpoint.connection_uri))
-        return (
-            f"could not reach {hosts}",
-            "check the cluster's firewall rules / private endpoint, DNS, and that TLS settings match the server",
-        )
-    if isinstance(exc, ConfigurationError):
-        return f"connection string problem: {redact_text(str(exc))}", None
-    return f"{type(exc).__name__}: {redact_text(str(exc))[:300]}", None

@@ -1,6 +1,6 @@
 """The one error hierarchy: every failure a user can see carries a message, a hint and a kind.
 
-The kind decides the outcome in exactly one place per entry point (``cli.py`` for exit codes,
+The kind decides the outcome in exactly one place per entry point (``shared.cli.main`` for exit codes,
 ``function_app.py`` for retry-or-finish): *transient* errors are worth retrying (network, throttling,
 token service hiccups), *terminal* ones are not until a person changes something (configuration, an
 identity that is not registered). Unknown exceptions are treated as transient by the callers, like dlt does:
@@ -50,7 +50,7 @@ class ConfigError(ReplicatorError):
 
 
 class AuthError(ReplicatorError):
-    """Base of Entra ID authentication failures; ``endpoint`` names the connection it happened on, if known."""
+    """Base of Entra ID authentication failures (the message names the identity and scope involved)."""
 
 
 class CredentialUnavailableError(AuthError):

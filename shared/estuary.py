@@ -10,7 +10,8 @@ A write the estuary refuses because of the document itself (duplicate key on a u
 too large) is retried a bounded number of times, then parked in the dead-letter collection with the event,
 the error and the attempts, and the batch goes on. A write failing for a transient reason (network, election,
 throttling, re-authentication) fails the whole batch with ``TransientError``: nothing is parked, the pass
-retries it, and the checkpoint does not move until it succeeds.
+retries it, and the checkpoint does not move until it succeeds. ``write_unordered`` is that policy, for every
+write to the estuary (streaming apply, the snapshot copy, dead-letter replay).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, ReplaceOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from shared.dead_letters import DeadLetters
 from shared.errors import TransientError
 from shared.mongo_errors import is_transient, is_transient_code
 from shared.telemetry import get_logger
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
 
     from shared.config import TransformConfig
+    from shared.dead_letters import Parking
 
-WriteOp = ReplaceOne[Any] | DeleteOne
+WriteOp = InsertOne[Any] | ReplaceOne[Any] | DeleteOne
 _WRITES = frozenset({"insert", "update", "replace"})
 
 _log = get_logger(__name__)
@@ -51,6 +53,14 @@ class ApplyResult:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why the estuary refused one write of a bulk write: the server's code and message."""
+
+    code: int | None
+    message: str
+
+
+@dataclass(frozen=True)
 class _Planned:
     event: RawBSONDocument
     op: WriteOp
@@ -62,7 +72,7 @@ class EstuaryWriter:
     def __init__(
         self,
         collection: Collection[Any],
-        dead_letters: DeadLetters,
+        dead_letters: Parking,
         *,
         stream: str,
         max_attempts: int,
@@ -78,7 +88,7 @@ class EstuaryWriter:
         """Write the batch; returns only when every event is applied, skipped or parked."""
         result = ApplyResult()
         planned = self._plan(events, result)
-        failures = self._write([p.op for p in planned])
+        failures = write_unordered(self._collection, [p.op for p in planned])
         attempts = 1
         while failures and attempts < self._max_attempts:
             _log.warning(
@@ -91,11 +101,15 @@ class EstuaryWriter:
             )
             attempts += 1
             indexes = sorted(failures)
-            again = self._write([planned[i].op for i in indexes])
-            failures = {indexes[j]: error for j, error in again.items()}
-        for index, (code, message) in failures.items():
+            again = write_unordered(self._collection, [planned[i].op for i in indexes])
+            failures = {indexes[j]: refusal for j, refusal in again.items()}
+        for index, refusal in failures.items():
             self._dead_letters.park(
-                self._stream, planned[index].event, code=code, message=message, attempts=self._max_attempts
+                self._stream,
+                planned[index].event,
+                code=refusal.code,
+                message=refusal.message,
+                attempts=self._max_attempts,
             )
             result.dead_lettered += 1
         for i, p in enumerate(planned):
@@ -106,7 +120,7 @@ class EstuaryWriter:
     def _plan(self, events: Sequence[RawBSONDocument], result: ApplyResult) -> list[_Planned]:
         latest: dict[bytes, RawBSONDocument] = {}
         for event in events:
-            key = _key(event)
+            key = document_key(event)
             if key in latest:
                 del latest[key]  # keep the order of last occurrence
                 result.collapsed += 1
@@ -129,31 +143,34 @@ class EstuaryWriter:
             document = event.get("fullDocument")
             if document is None:
                 return None  # deleted since: its delete event follows
-            return ReplaceOne(key, self._transformed(document), upsert=True)
+            return ReplaceOne(key, transformed(document, self._transform), upsert=True)
         return None
 
-    def _transformed(self, document: RawBSONDocument) -> Mapping[str, Any]:
-        return transformed(document, self._transform)
 
-    def _write(self, ops: Sequence[WriteOp]) -> dict[int, tuple[int | None, str]]:
-        """Run one unordered bulk write; return the refused operations by index (transient errors raise)."""
-        if not ops:
-            return {}
-        try:
-            self._collection.bulk_write(list(ops), ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get("writeConcernErrors"):
-                raise TransientError(f"estuary write concern failed: {details['writeConcernErrors'][0]}") from exc
-            errors = {e["index"]: (e.get("code"), str(e.get("errmsg", ""))) for e in details.get("writeErrors", [])}
-            if any(is_transient_code(code) for code, _ in errors.values()):
-                raise TransientError("estuary refused writes for a transient reason (throttling, election)") from exc
-            return errors
-        except PyMongoError as exc:
-            if is_transient(exc):
-                raise TransientError(f"estuary write failed: {type(exc).__name__}: {exc}") from exc
-            raise
+def write_unordered(collection: Collection[Any], ops: Sequence[WriteOp]) -> dict[int, Refusal]:
+    """Run one unordered bulk write; return the writes the estuary refused for good, by index in ``ops``.
+
+    The one bulk-write error policy: a write concern error, a write error with a transient code, or a transient
+    failure of the command fails the whole batch with ``TransientError`` (nothing is parked; the caller retries
+    the batch); any other write error is a refusal of that document (duplicate key, validation, too large).
+    """
+    if not ops:
         return {}
+    try:
+        collection.bulk_write(list(ops), ordered=False)
+    except BulkWriteError as exc:
+        details = exc.details
+        if details.get("writeConcernErrors"):
+            raise TransientError(f"estuary write concern failed: {details['writeConcernErrors'][0]}") from exc
+        refused = {e["index"]: Refusal(e.get("code"), str(e.get("errmsg", ""))) for e in details.get("writeErrors", [])}
+        if any(is_transient_code(refusal.code) for refusal in refused.values()):
+            raise TransientError("estuary refused writes for a transient reason (throttling, election)") from exc
+        return refused
+    except PyMongoError as exc:
+        if is_transient(exc):
+            raise TransientError(f"estuary write failed: {type(exc).__name__}: {exc}") from exc
+        raise
+    return {}
 
 
 def transformed(document: RawBSONDocument, transform: TransformConfig | None) -> Mapping[str, Any]:
@@ -164,6 +181,8 @@ def transformed(document: RawBSONDocument, transform: TransformConfig | None) ->
     return {rename.get(name, name): value for name, value in document.items() if name not in drop}
 
 
-def _key(event: RawBSONDocument) -> bytes:
+def document_key(event: Mapping[str, Any]) -> bytes:
+    """A change event's ``documentKey`` as exact BSON bytes (types and field order count): equal for every event
+    on one document, so a batch collapses them and a replay knows which document a refusal was about."""
     key = event["documentKey"]
-    return bytes(key.raw) if isinstance(key, RawBSONDocument) else repr(sorted(key.items())).encode()
+    return bytes(key.raw) if isinstance(key, RawBSONDocument) else bson.encode(key)

@@ -1,13 +1,36 @@
 """What a MongoDB error means for the replicator: pure functions over error codes, each code named.
 
-Three questions, asked in three places: can the change stream resume from its token (``is_history_lost``), is
-a failure worth retrying unchanged (``is_transient``), and is a write refused because of the document itself
-(``is_document_error``), which bounded retries and the dead-letter collection handle.
+Three questions: can the change stream resume from its token (``is_history_lost``), is a failure worth retrying
+unchanged (``is_transient``, ``is_transient_code`` for one write of a bulk write; any other write error is a
+refusal of the document itself, which bounded retries and the dead-letter collection handle), and what should a
+person read about it (``explain``: one sentence and a tip, the same for every command and for ``test-auth``).
 """
 
 from __future__ import annotations
 
-from pymongo.errors import ConnectionFailure, OperationFailure
+import re
+from typing import TYPE_CHECKING
+
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+
+from shared import mongo_uri
+from shared.errors import ReplicatorError
+from shared.redaction import redact_text
+
+if TYPE_CHECKING:
+    from shared.config import MongoConfig
+
+# Authentication and authorisation (src/mongo/base/error_codes.yml).
+UNAUTHORIZED = 13
+AUTHENTICATION_FAILED = 18
+# A unique index refused a write: the snapshot copy replaces documents the estuary already has.
+DUPLICATE_KEY = 11000
 
 # The saved resume token no longer resumes: the change log moved past it or it is not a valid token.
 CHANGE_STREAM_HISTORY_LOST = 286
@@ -73,6 +96,58 @@ def is_transient_code(code: int | None) -> bool:
     return code in _TRANSIENT_CODES
 
 
-def is_document_error(code: int | None) -> bool:
-    """A per-document write refusal (duplicate key, validation, too large, bad field name, ...): not transient."""
-    return not is_transient_code(code)
+_REGISTER_DOCS = "https://learn.microsoft.com/azure/documentdb/how-to-connect-role-based-access-control"
+_UNREACHABLE_HINT = "check the cluster's firewall rules / private endpoint, DNS, and that TLS settings match the server"
+_MAX_DETAIL = 300  # characters of an unrecognised error's text
+# pymongo's server selection error starts with "<host:port>: <reason>" per server ("[::1]:27017" for IPv6).
+_FAILED_ADDRESS = re.compile(r"(?:^|,)\s*((?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d+): ")
+
+
+def explain(
+    error: BaseException, endpoint: MongoConfig | None = None, *, principal: str | None = None
+) -> tuple[str, str | None]:
+    """One sentence about what failed and what to check next, for the errors users actually meet.
+
+    ``endpoint`` (when the caller knows which connection failed) and ``principal`` (the token's object id) make the
+    tip precise. Never contains a secret: unrecognised errors are redacted and cut short.
+    """
+    if isinstance(error, ReplicatorError):
+        return error.message, error.hint
+    if isinstance(error, OperationFailure) and error.code == AUTHENTICATION_FAILED:
+        return _authentication_failed(endpoint, principal)
+    if isinstance(error, OperationFailure) and error.code == UNAUTHORIZED:
+        database = f"database '{endpoint.database}'" if endpoint else "the database"
+        return (
+            "authenticated, but not allowed to run the command (Unauthorized)",
+            f"grant the user a role on {database} (readWrite for estuary and checkpoints)",
+        )
+    if isinstance(error, ServerSelectionTimeoutError):
+        return f"could not reach {_unreachable(error, endpoint)}", _UNREACHABLE_HINT
+    if isinstance(error, ConfigurationError):
+        return f"connection string problem: {redact_text(str(error))}", None
+    return f"{type(error).__name__}: {redact_text(str(error))[:_MAX_DETAIL]}", None
+
+
+def _authentication_failed(endpoint: MongoConfig | None, principal: str | None) -> tuple[str, str | None]:
+    if endpoint is None:
+        return (
+            "the server refused the credentials (AuthenticationFailed)",
+            "python -m shared test-auth says which endpoint, and what to register or fix",
+        )
+    if endpoint.auth_method == "entra":
+        who = f"principal (object id) {principal}" if principal else "the identity's principal"
+        return (
+            "the server refused the Entra token (AuthenticationFailed)",
+            f"register {who} on the cluster as a Microsoft Entra ID user and make sure the cluster allows "
+            f"MicrosoftEntraID in authConfig.allowedModes; also check the scope ({endpoint.scope}); {_REGISTER_DOCS}",
+        )
+    return "the server refused the user name or password (AuthenticationFailed)", "check connection_uri's credentials"
+
+
+def _unreachable(error: PyMongoError, endpoint: MongoConfig | None) -> str:
+    """The hosts that could not be reached: the endpoint's, or those pymongo names before its topology dump."""
+    if endpoint is not None:
+        return ", ".join(mongo_uri.hosts(endpoint.connection_uri))
+    summary = str(error).split(", Timeout:", 1)[0]  # "<host:port>: <reason>,<host:port>: <reason>, Timeout: ..."
+    hosts = dict.fromkeys(_FAILED_ADDRESS.findall(summary))
+    return ", ".join(hosts) if hosts else "the MongoDB server"

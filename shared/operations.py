@@ -1,20 +1,15 @@
-"""What operators do to streams, and what the timer checks on every tick.
+"""What the timer does on every tick, and how healthy a stream's saved position is.
 
 * ``schedule``: the timer's work: one queue message per enabled stream, and a look at every stream's token age
   first, so a token about to fall out of the change log is reported while passes fail, not after;
 * ``token_health``: how old a stream's saved resume token is against how long the source's change log holds
   changes at the rate this stream has recently seen (DocumentDB keeps 400 MB of changes for the whole cluster,
-  so the estimate is optimistic when other collections write a lot: it is an early warning, not a guarantee);
-* ``reset_stream``: the operator override: restart a stream from now (the skipped span is recorded as a gap)
-  or copy it again (resnapshot), clearing a ``stopped`` / ``failed`` status.
+  so the estimate is optimistic when other collections write a lot: it is an early warning, not a guarantee).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -25,11 +20,11 @@ from shared.telemetry import get_logger
 from shared.work_queue import pass_requests
 
 if TYPE_CHECKING:
-    from shared.position import Checkpoint
-    from shared.replicate import Replicator
+    from shared.config import ReplicatorConfig
+    from shared.position import Checkpoint, CheckpointStore
+    from shared.telemetry import ReplicationMetrics
 
 HealthLevel = Literal["ok", "warning", "critical", "unknown"]
-ResetMode = Literal["now", "resnapshot"]
 _WARNING_RATIO, _CRITICAL_RATIO = 0.5, 0.8
 
 _log = get_logger(__name__)
@@ -63,17 +58,19 @@ def token_health(checkpoint: Checkpoint, *, change_log_mb: int, now: float) -> T
     return TokenHealth(checkpoint.stream, level, age_s=age, window_s=window)
 
 
-def check_token_ages(replicator: Replicator, *, now: float) -> list[TokenHealth]:
+def check_token_ages(
+    config: ReplicatorConfig, *, checkpoints: CheckpointStore, metrics: ReplicationMetrics, now: float
+) -> list[TokenHealth]:
     """Measure every enabled stream's token age, record it, and log the ones at risk."""
     results = []
-    for stream in replicator.config.streams:
-        checkpoint = replicator.checkpoints.read(stream.name) if stream.enabled else None
+    for stream in config.streams:
+        checkpoint = checkpoints.read(stream.name) if stream.enabled else None
         if checkpoint is None:
             continue
         health = token_health(checkpoint, change_log_mb=stream.change_log_mb, now=now)
         results.append(health)
         if health.age_s is not None:
-            replicator.metrics.token_age.record(health.age_s, {"stream": stream.name, "level": health.level})
+            metrics.token_age.record(health.age_s, {"stream": stream.name, "level": health.level})
         if health.level in ("warning", "critical"):
             _log.log(
                 logging.ERROR if health.level == "critical" else logging.WARNING,
@@ -88,41 +85,17 @@ def check_token_ages(replicator: Replicator, *, now: float) -> list[TokenHealth]
     return results
 
 
-def schedule(replicator: Replicator, *, correlation_id: str, now: float) -> list[str]:
+def schedule(
+    config: ReplicatorConfig,
+    *,
+    checkpoints: CheckpointStore,
+    metrics: ReplicationMetrics,
+    correlation_id: str,
+    now: float,
+) -> list[str]:
     """The timer tick: check token ages (never at the expense of scheduling), then one request per stream."""
     try:
-        check_token_ages(replicator, now=now)
+        check_token_ages(config, checkpoints=checkpoints, metrics=metrics, now=now)
     except (PyMongoError, ReplicatorError) as exc:
         _log.warning("could not check token ages this tick: %s", exc, extra={"event": "token_check_failed"})
-    return pass_requests(replicator.config, correlation_id=correlation_id, now=now)
-
-
-def reset_stream(replicator: Replicator, name: str, mode: ResetMode) -> Checkpoint:
-    """Restart a stream from now (recording the skipped span as a gap) or copy it again; clears its error."""
-    stream = replicator.stream(name)
-    store = replicator.checkpoints
-    acquired = store.acquire(name, _operator(), stream.lease_duration)
-    if acquired is None:
-        raise ReplicatorError(
-            f"a pass of stream {name} is running, so it cannot be reset now",
-            hint="try again when it ends (python -m shared status shows the stream), or stop the Function App first",
-        )
-    lease, checkpoint = acquired
-    try:
-        if mode == "resnapshot":
-            store.begin_snapshot(lease, reason="operator reset")
-        elif checkpoint.resume_token is not None or checkpoint.phase == "copying":
-            since = checkpoint.last_event_at or checkpoint.token_saved_at
-            store.record_gap(lease, checkpoint, since=since, reason="operator reset: restarted from now")
-        store.set_status(lease, "idle", clear_error=True, extra={} if mode == "resnapshot" else {"phase": "streaming"})
-    finally:
-        store.release(lease)
-    _log.warning("stream %s reset (%s) by an operator", name, mode, extra={"event": "stream_reset", "stream": name})
-    reset = store.read(name)
-    if reset is None:  # pragma: no cover - the document was just written
-        raise ReplicatorError(f"stream {name}: its checkpoint disappeared during the reset")
-    return reset
-
-
-def _operator() -> str:
-    return f"operator@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return pass_requests(config, correlation_id=correlation_id, now=now)

@@ -7,15 +7,23 @@ was taken over (timer overlap, a slow pass, a duplicated queue message) fails it
 ``LeaseLostError`` and stops before applying anything more. The token moves only in ``save``, which the pass
 calls after the estuary acknowledged the batch.
 
+``hold_lease`` is the one lease routine every writer of a stream uses (a pass, a dead-letter replay, an operator
+reset): it takes the lease under an owner id that says who holds it, and gives it back when the block ends; the
+fenced saves that carry a ``duration`` renew it.
+
 Documents carry ``schema`` (currently 1); ``Checkpoint.from_document`` reads every version we ever wrote
 (old versions are test fixtures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
@@ -32,7 +40,7 @@ SCHEMA_VERSION = 1
 # and the next one retries; stopped / failed: needs an operator (lifecycle event / lost resume token).
 StreamStatus = Literal["new", "running", "idle", "retrying", "stopped", "failed"]
 # streaming: the change stream is read from resume_token; copying: an initial sync / resnapshot is under way,
-# its progress in ``snapshot`` ({reason, handoff_token, last_id, copied, total_estimate, started_at, ...}).
+# its progress in ``snapshot`` (a ``CopyProgress``).
 Phase = Literal["streaming", "copying"]
 _MAX_GAPS_KEPT = 100
 
@@ -51,6 +59,36 @@ class Lease:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class CopyProgress:
+    """A copy's state as saved on the checkpoint (the ``snapshot`` field): why it runs, where the change stream
+    resumes once it is done, and how far it got."""
+
+    reason: str
+    requested_at: float | None = None
+    handoff_token: Mapping[str, Any] | None = None  # captured before the first document is copied
+    last_id: Any = None  # the last _id the estuary acknowledged; the copy resumes after it
+    copied: int = 0
+    total_estimate: int | None = None
+    estuary_was_empty: bool = False  # then nothing needs reconciling: all it holds came from this copy
+    started_at: float | None = None  # when the hand-off point was captured
+    finished_at: float | None = None
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> CopyProgress:
+        return cls(
+            reason=str(doc.get("reason") or ""),
+            requested_at=doc.get("requested_at"),
+            handoff_token=doc.get("handoff_token"),
+            last_id=doc.get("last_id"),
+            copied=int(doc.get("copied") or 0),
+            total_estimate=doc.get("total_estimate"),
+            estuary_was_empty=bool(doc.get("estuary_was_empty", False)),
+            started_at=doc.get("started_at"),
+            finished_at=doc.get("finished_at"),
+        )
+
+
 @dataclass
 class Checkpoint:
     """A stream's saved state, as read from the store."""
@@ -67,7 +105,7 @@ class Checkpoint:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     phase: Phase = "streaming"
-    snapshot: dict[str, Any] = field(default_factory=dict)
+    snapshot: CopyProgress | None = None  # the last copy's progress (the current one while phase is "copying")
     token_saved_at: float | None = None  # when resume_token was last written: its age is what ages out
     source_bytes_per_s: float | None = None  # recent change volume seen on the source (for the age warning)
 
@@ -88,10 +126,17 @@ class Checkpoint:
             lease_owner=lease.get("owner"),
             lease_expires_at=lease.get("expires_at"),
             phase=doc.get("phase", "streaming"),
-            snapshot=dict(doc.get("snapshot") or {}),
+            snapshot=CopyProgress.from_document(doc["snapshot"]) if doc.get("snapshot") else None,
             token_saved_at=doc.get("token_saved_at", doc.get("updated_at")),
             source_bytes_per_s=doc.get("source_bytes_per_s"),
         )
+
+
+class Held(NamedTuple):
+    """A taken lease and the checkpoint as it stood when it was taken."""
+
+    lease: Lease
+    checkpoint: Checkpoint
 
 
 class CheckpointStore:
@@ -101,7 +146,7 @@ class CheckpointStore:
         self._collection = collection
         self._clock = clock
 
-    def acquire(self, stream: str, owner: str, duration: float) -> tuple[Lease, Checkpoint] | None:
+    def acquire(self, stream: str, owner: str, duration: float) -> Held | None:
         """Take the stream's lease if it is free or expired; ``None`` when another worker holds it."""
         now = self._clock.time()
         try:
@@ -126,7 +171,7 @@ class CheckpointStore:
         if doc is None or doc.get("lease", {}).get("owner") != owner:
             return None
         lease = Lease(stream, owner, int(doc["lease"]["epoch"]), float(doc["lease"]["expires_at"]))
-        return lease, Checkpoint.from_document(doc)
+        return Held(lease, Checkpoint.from_document(doc))
 
     def save(
         self,
@@ -177,7 +222,7 @@ class CheckpointStore:
             update["$unset"] = {"last_error": ""}
         self._fenced(lease, update)
 
-    def begin_snapshot(self, lease: Lease, *, reason: str) -> None:
+    def begin_snapshot(self, lease: Lease, *, reason: str) -> CopyProgress:
         """Ask for a copy of the source (initial sync, resnapshot, operator reset); the pass captures where the
         change stream resumes before it copies anything."""
         now = self._clock.time()
@@ -186,6 +231,7 @@ class CheckpointStore:
             lease,
             {"$set": {"phase": "copying", "snapshot": snapshot, "updated_at": now}, "$inc": {"counters.snapshots": 1}},
         )
+        return CopyProgress.from_document(snapshot)
 
     def start_copy(
         self, lease: Lease, *, handoff_token: Mapping[str, Any], total_estimate: int, estuary_was_empty: bool
@@ -222,14 +268,17 @@ class CheckpointStore:
         }
         self._fenced(lease, {"$set": fields})
 
-    def record_gap(self, lease: Lease, checkpoint: Checkpoint, *, since: float | None, reason: str) -> None:
+    def record_gap(self, lease: Lease, *, since: float | None, reason: str) -> None:
         """Remember that events between ``since`` and now were not replicated, and forget the dead token.
 
-        The list is rewritten whole (the lease makes this worker the only writer), keeping the newest gaps.
+        The list is read and rewritten whole, keeping the newest gaps: the lease makes this worker the only writer
+        (and nx-27017 stores a ``$push``-ed sub-document as a string).
         """
         now = self._clock.time()
-        checkpoint.gaps = [*checkpoint.gaps, {"from": since, "to": now, "reason": reason, "recorded_at": now}]
-        checkpoint.gaps = checkpoint.gaps[-_MAX_GAPS_KEPT:]
+        doc = self._collection.find_one(_fence(lease), {"gaps": 1})
+        if doc is None:
+            raise _lease_lost(lease)
+        gaps = [*(doc.get("gaps") or []), {"from": since, "to": now, "reason": reason, "recorded_at": now}]
         self._fenced(
             lease,
             {
@@ -238,7 +287,7 @@ class CheckpointStore:
                     "start_after": False,
                     "token_saved_at": None,
                     "updated_at": now,
-                    "gaps": checkpoint.gaps,
+                    "gaps": gaps[-_MAX_GAPS_KEPT:],
                 },
                 "$inc": {"counters.gaps": 1},
             },
@@ -246,21 +295,46 @@ class CheckpointStore:
 
     def release(self, lease: Lease) -> None:
         """Give the stream back at the end of a pass; a lost lease is not an error here."""
-        self._collection.update_one(
-            {"_id": lease.stream, "lease.owner": lease.owner, "lease.epoch": lease.epoch},
-            {"$set": {"lease.expires_at": 0.0}},
-        )
+        self._collection.update_one(_fence(lease), {"$set": {"lease.expires_at": 0.0}})
 
     def read(self, stream: str) -> Checkpoint | None:
         doc = self._collection.find_one({"_id": stream})
         return Checkpoint.from_document(doc) if doc else None
 
     def _fenced(self, lease: Lease, update: Mapping[str, Any]) -> None:
-        result = self._collection.update_one(
-            {"_id": lease.stream, "lease.owner": lease.owner, "lease.epoch": lease.epoch}, update
-        )
-        if result.matched_count == 0:
-            raise LeaseLostError(
-                f"stream '{lease.stream}': lease epoch {lease.epoch} was taken over by another worker",
-                hint="expected after timer overlap or a slow pass; the other worker continues from the last checkpoint",
-            )
+        if self._collection.update_one(_fence(lease), update).matched_count == 0:
+            raise _lease_lost(lease)
+
+
+def owner_id(role: str) -> str:
+    """A lease owner id unique to one holder: who (a pass, a replay, a reset) and where, so ``status`` helps an
+    operator find it (the Functions instance id when there is one, else the host name)."""
+    host = os.environ.get("WEBSITE_INSTANCE_ID", "")[:12] or socket.gethostname()
+    return f"{role}@{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def hold_lease(store: CheckpointStore, stream: str, *, duration: float, role: str) -> Iterator[Held | None]:
+    """Hold ``stream``'s lease for the block (``None`` when another worker holds it) and give it back at the end.
+
+    Every checkpoint write inside the block is fenced by the lease; ``save`` and ``save_copy_progress`` renew it.
+    """
+    held = store.acquire(stream, owner_id(role), duration)
+    if held is None:
+        yield None
+        return
+    try:
+        yield held
+    finally:
+        store.release(held.lease)
+
+
+def _fence(lease: Lease) -> dict[str, Any]:
+    return {"_id": lease.stream, "lease.owner": lease.owner, "lease.epoch": lease.epoch}
+
+
+def _lease_lost(lease: Lease) -> LeaseLostError:
+    return LeaseLostError(
+        f"stream '{lease.stream}': lease epoch {lease.epoch} was taken over by another worker",
+        hint="expected after timer overlap or a slow pass; the other worker continues from the last checkpoint",
+    )

@@ -26,22 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import ReplaceOne
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo import InsertOne, ReplaceOne
+from pymongo.errors import PyMongoError
 
 from shared.errors import ReplicatorError, TransientError
-from shared.estuary import transformed
-from shared.mongo_errors import is_transient, is_transient_code
+from shared.estuary import transformed, write_unordered
+from shared.mongo_errors import DUPLICATE_KEY, is_transient
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Mapping, Sequence
+    from collections.abc import Generator, Sequence
 
     from pymongo.collection import Collection
 
     from shared.config import TransformConfig
-    from shared.dead_letters import DeadLetters
-
-_DUPLICATE_KEY = 11000
+    from shared.dead_letters import Parking
 
 
 class MixedIdTypesError(ReplicatorError):
@@ -67,7 +65,7 @@ class SnapshotCopier:
         self,
         source: Collection[RawBSONDocument],
         estuary: Collection[Any],
-        dead_letters: DeadLetters,
+        dead_letters: Parking,
         *,
         stream: str,
         transform: TransformConfig | None,
@@ -132,38 +130,18 @@ class SnapshotCopier:
     def _write(self, docs: Sequence[RawBSONDocument]) -> int:
         """Insert the batch; what exists already is replaced; what is refused is parked. Returns parked count."""
         documents = [transformed(doc, self._transform) for doc in docs]
-        try:
-            self._estuary.insert_many(documents, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(is_transient_code(e.get("code")) for e in errors):
-                raise TransientError("estuary refused snapshot writes for a transient reason") from exc
-            existing = [e["index"] for e in errors if e.get("code") == _DUPLICATE_KEY]
-            refused = {e["index"]: e for e in errors if e.get("code") != _DUPLICATE_KEY}
-            refused.update(self._replace(docs, documents, existing))
-            for index, error in refused.items():
-                self._dead_letters.park(
-                    self._stream,
-                    _snapshot_event(docs[index]),
-                    code=error.get("code"),
-                    message=str(error.get("errmsg", "")),
-                    attempts=1,
-                )
-            return len(refused)
-        return 0
-
-    def _replace(
-        self, docs: Sequence[RawBSONDocument], documents: Sequence[Mapping[str, Any]], indexes: Sequence[int]
-    ) -> dict[int, Any]:
-        """Upsert the documents the estuary already had; return the ones it still refuses, by batch index."""
-        if not indexes:
-            return {}
-        ops = [ReplaceOne({"_id": docs[i]["_id"]}, documents[i], upsert=True) for i in indexes]
-        try:
-            self._estuary.bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            return {indexes[e["index"]]: e for e in exc.details.get("writeErrors", [])}
-        return {}
+        refused = write_unordered(self._estuary, [InsertOne(document) for document in documents])
+        existing = [index for index, refusal in refused.items() if refusal.code == DUPLICATE_KEY]
+        for index in existing:
+            del refused[index]
+        if existing:
+            ops = [ReplaceOne({"_id": docs[i]["_id"]}, documents[i], upsert=True) for i in existing]
+            refused.update({existing[j]: refusal for j, refusal in write_unordered(self._estuary, ops).items()})
+        for index, refusal in refused.items():
+            self._dead_letters.park(
+                self._stream, _snapshot_event(docs[index]), code=refusal.code, message=refusal.message, attempts=1
+            )
+        return len(refused)
 
     def _remove_extras(self, after: Any, last: Any, ids: Sequence[Any], *, done: bool) -> int:
         """Delete estuary documents in (after, last] the source does not have; past the end too when done."""

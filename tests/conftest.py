@@ -26,7 +26,9 @@ from shared.auth.credentials import AccessToken
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import MongoConfig, ReplicatorConfig
+from shared.position import CheckpointStore
 from shared.replicate import Replicator
+from shared.services import Services, build_services
 from shared.telemetry import AuthMetrics, ReplicationMetrics
 
 TENANT = "11111111-2222-3333-4444-555555555555"
@@ -213,13 +215,21 @@ class Harness:
         checkpoints = {"connection_uri": self.uri, "database": f"{self.prefix}_rep"}
         return ReplicatorConfig.model_validate({"checkpoints": checkpoints, "streams": [self.stream(**overrides)]})
 
-    def replicator(self, config: ReplicatorConfig | None = None, *, clock: Any = None) -> Replicator:
-        return Replicator(
+    def services(self, config: ReplicatorConfig | None = None, *, clock: Any = None) -> Services:
+        return build_services(
             config or self.config(),
             factory=self.factory,
             clock=clock or SystemClock(),
             metrics=self.metrics.replication,
         )
+
+    def replicator(self, config: ReplicatorConfig | None = None, *, clock: Any = None) -> Replicator:
+        return self.services(config, clock=clock).replicator
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        """The checkpoint store every replicator of this harness uses (their configurations share it)."""
+        return self.services().checkpoints
 
     def converged(self) -> bool:
         return sorted(self.source.find(), key=str) == sorted(self.estuary.find(), key=str)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from localdev.standins.child import free_port
 from shared.cli import main
 from tests.conftest import stack_config, write_config
 
@@ -138,3 +139,37 @@ def test_test_auth_should_refuse_a_non_positive_timeout_as_usage_error(tmp_path,
         main(["test-auth", "--timeout", "-1", "--config", str(bad_config(tmp_path))])
     assert info.value.code == 2
     assert "must be a positive number of seconds, not '-1'" in capsys.readouterr().err
+
+
+def unreachable_config(tmp_path: Path) -> tuple[Path, str]:
+    """Every endpoint on a loopback port nothing listens on, found out within a second."""
+    address = f"127.0.0.1:{free_port('127.0.0.1')}"
+    uri = f"mongodb://{address}/?directConnection=true&serverSelectionTimeoutMS=500"
+    endpoint = {"connection_uri": uri, "database": "shop", "collection": "orders"}
+    config = {
+        "checkpoints": {"connection_uri": uri, "database": "rep"},
+        "streams": [{"name": "orders", "source": endpoint, "estuary": {**endpoint, "database": "copy"}}],
+    }
+    return write_config(tmp_path, config), address
+
+
+@pytest.mark.parametrize(
+    ("args", "stream"),
+    [
+        (["status"], ""),
+        (["run", "--once"], "orders: pass failed: "),
+        (["verify"], "[FAIL] orders: could not verify: "),
+        (["dead-letters", "list"], ""),
+        (["reset", "--stream", "orders", "--from", "now"], ""),
+    ],
+    ids=["status", "run", "verify", "dead-letters", "reset"],
+)
+def test_every_command_should_say_which_server_it_could_not_reach_when_none_answers(tmp_path, capsys, args, stream):
+    path, address = unreachable_config(tmp_path)
+    assert main([args[0], "--config", str(path), *args[1:]]) == 1
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    assert f"{stream}could not reach {address}" in output
+    assert "firewall rules / private endpoint, DNS" in output  # the same Tip as test-auth's
+    assert "Topology Description" not in output
+    assert "unexpected" not in output

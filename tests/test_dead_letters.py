@@ -14,8 +14,8 @@ from bson.raw_bson import RawBSONDocument
 from shared.cli import main
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
-from shared.dead_letters import DeadLetters, replay, without_values
-from shared.replicate import Replicator
+from shared.dead_letters import DeadLetters, without_values
+from shared.replicate import Replicator, replay
 from tests.conftest import FakeClock, Harness, write_config
 
 PERSONAL = ("x@y", "Ada Lovelace", "Grace Hopper", "Alan Turing")  # what no output may show
@@ -41,8 +41,9 @@ def cli(harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def started(harness: Harness, config: ReplicatorConfig | None = None) -> Replicator:
     """A replicator whose streams saved their start position (a stream with none starts at 'now')."""
+    config = config or harness.config()
     replicator = harness.replicator(config)
-    for stream in replicator.config.streams:
+    for stream in config.streams:
         assert replicator.run_pass(stream.name).outcome == "idle"
     return replicator
 
@@ -130,7 +131,7 @@ def test_replay_should_apply_the_current_source_document_and_delete_the_dead_let
     assert parked(harness) == []
     assert harness.estuary.find_one({"_id": "b"}) == {"_id": "b", "email": "b@y", "name": "Grace Hopper", "visits": 2}
     assert harness.converged()
-    assert replicator.checkpoints.acquire("orders", "next-pass", 10) is not None  # the replay gave the lease back
+    assert harness.checkpoints.acquire("orders", "next-pass", 10) is not None  # the replay gave the lease back
     assert_no_document_contents(out + err)
 
 
@@ -179,14 +180,14 @@ def test_replay_should_refuse_while_a_pass_holds_the_stream(harness, cli):
     replicator = started(harness)
     park_by_refusal(harness, replicator, "b")
     harness.estuary.drop_index("email_1")
-    lease = replicator.checkpoints.acquire("orders", "worker-a", 30)
+    lease = harness.checkpoints.acquire("orders", "worker-a", 30)
     assert lease is not None
     code, _, err = cli("replay")
     assert code == 1
     assert "a pass of stream orders is running; try again when it ends" in err
     assert len(parked(harness)) == 1
     assert harness.estuary.find_one({"_id": "b"}) is None  # nothing written behind the pass's back
-    replicator.checkpoints.release(lease[0])
+    harness.checkpoints.release(lease[0])
     assert cli("replay")[0] == 0
 
 
@@ -215,7 +216,8 @@ def test_replay_should_stop_before_its_lease_could_run_out(harness):
     replicator = started(harness)
     park_by_refusal(harness, replicator, "b", "c")
     harness.estuary.drop_index("email_1")
-    stream = replicator.stream("orders")
+    services = harness.services()
+    stream = services.config.stream("orders")
 
     class LateClock(SystemClock):
         """The real time for the first batch, then far beyond the lease."""
@@ -228,16 +230,15 @@ def test_replay_should_stop_before_its_lease_could_run_out(harness):
 
     result = replay(
         stream,
-        dead_letters=replicator.dead_letters,
-        checkpoints=replicator.checkpoints,
-        source=replicator.collection(stream.source),
-        estuary=replicator.collection(stream.estuary),
-        owner="test",
+        dead_letters=services.dead_letters,
+        checkpoints=services.checkpoints,
+        source=services.clients.collection(stream.source),
+        estuary=services.clients.collection(stream.estuary),
         clock=LateClock(),
         batch_size=1,
     )
     assert (result.outcome, result.replayed, result.remaining) == ("lease_expiring", 1, 1)
-    assert replicator.checkpoints.acquire("orders", "next-pass", 10) is not None
+    assert harness.checkpoints.acquire("orders", "next-pass", 10) is not None
 
 
 # ---------------------------------------------------------------------------------------------- purge

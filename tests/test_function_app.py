@@ -50,9 +50,9 @@ class Invocation:
 @pytest.fixture(autouse=True)
 def fresh_process_state() -> Iterator[None]:
     get_config.cache_clear()
-    function_app._replicator.cache_clear()
+    function_app._services.cache_clear()
     yield
-    function_app._replicator.cache_clear()
+    function_app._services.cache_clear()
     get_config.cache_clear()
     default_factory().close()
 
@@ -278,7 +278,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
 
 
 def lease_held() -> bool:
-    checkpoint = function_app._replicator().checkpoints.read("orders")
+    checkpoint = function_app._services().checkpoints.read("orders")
     return checkpoint is not None and (checkpoint.lease_expires_at or 0) > time.time()
 
 
@@ -302,7 +302,7 @@ def test_timer_queue_and_worker_should_replicate_end_to_end_and_a_duplicate_shou
     for message, received in host_queue.receive():
         assert message.dequeue_count == 1
         host_queue.deliver(message, received)
-    checkpoint = function_app._replicator().checkpoints.read("orders")
+    checkpoint = function_app._services().checkpoints.read("orders")
     assert checkpoint is not None
     assert checkpoint.resume_token is not None
 
@@ -362,7 +362,7 @@ def test_a_failing_pass_should_raise_so_the_host_retries_the_message_and_record_
     with pytest.raises(Exception, match="estuary"):
         host_queue.deliver(message, received)
 
-    checkpoint = function_app._replicator().checkpoints.read("orders")
+    checkpoint = function_app._services().checkpoints.read("orders")
     assert checkpoint is not None
     assert checkpoint.status == "retrying"
     assert "estuary" in (checkpoint.last_error or {}).get("message", "")

@@ -16,7 +16,7 @@ from localdev.standins.stack import LocalStack
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
-from shared.replicate import Replicator
+from shared.services import build_services
 from shared.verify import VerifyOptions, verify_stream
 from tests.conftest import Harness, Metrics, stack_config, wait_until
 
@@ -63,7 +63,7 @@ def test_initial_sync_should_copy_while_writes_go_on_across_passes_cut_short(har
     with Writer(harness.source, 3000) as writer:
         while True:
             outcomes.append(replicator.run_pass("orders").outcome)
-            checkpoint = replicator.checkpoints.read("orders")
+            checkpoint = harness.checkpoints.read("orders")
             assert checkpoint is not None
             if checkpoint.phase == "streaming" and len(outcomes) > 3:
                 break
@@ -72,19 +72,20 @@ def test_initial_sync_should_copy_while_writes_go_on_across_passes_cut_short(har
     assert drain.run_pass("orders").outcome == "idle"  # replays what was written during and after the copy
     assert outcomes.count("budget") >= 3  # the copy really was cut short and resumed several times
     assert harness.converged()
-    stream = drain.stream("orders")
+    stream = harness.config().stream("orders")
     report = verify_stream(
         stream,
-        drain.collection(stream.source),
-        drain.collection(stream.estuary),
+        harness.factory.collection(stream.source),
+        harness.factory.collection(stream.estuary),
         options=VerifyOptions(mode="all", recheck_delay=0),
         clock=SystemClock(),
     )
     assert report.ok, report.to_dict()
-    checkpoint = replicator.checkpoints.read("orders")
+    checkpoint = harness.checkpoints.read("orders")
     assert checkpoint is not None
-    assert checkpoint.snapshot["reason"] == "initial_sync"
-    assert checkpoint.snapshot["copied"] >= 3000 * 0.8
+    assert checkpoint.snapshot is not None
+    assert checkpoint.snapshot.reason == "initial_sync"
+    assert checkpoint.snapshot.copied >= 3000 * 0.8
     assert checkpoint.counters["snapshots"] == 1
     assert harness.estuary.find_one({"_id": "stale"}) is None
 
@@ -112,7 +113,7 @@ def test_initial_sync_should_survive_sigkill_in_the_middle_of_the_copy(harness: 
     finally:
         if runner.poll() is None:
             runner.kill()
-    checkpoint = harness.replicator().checkpoints.read("orders")
+    checkpoint = harness.checkpoints.read("orders")
     assert checkpoint is not None
     assert checkpoint.phase == "streaming"
     assert harness.estuary.count_documents({"touched": True}) == 100
@@ -122,7 +123,8 @@ def test_resnapshot_should_recover_a_lost_resume_token_without_a_gap(stack: Loca
     data = stack_config(stack, poll_interval=0.1, idle_timeout=0.6, on_history_lost="resnapshot", batch_size=100)
     config = ReplicatorConfig.model_validate(data)
     factory = ClientFactory(client_options={"serverSelectionTimeoutMS": 5000})
-    replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=metrics.replication)
+    services = build_services(config, factory=factory, metrics=metrics.replication)
+    replicator = services.replicator
     try:
         source = factory.client(config.streams[0].source).shop.orders
         estuary = factory.client(config.streams[0].estuary).replica.orders
@@ -143,9 +145,10 @@ def test_resnapshot_should_recover_a_lost_resume_token_without_a_gap(stack: Loca
         assert result.outcome == "idle"
         assert result.copied == 700
         assert sorted(estuary.find(), key=str) == sorted(source.find(), key=str)  # deletes included: no gap
-        checkpoint = replicator.checkpoints.read("orders")
+        checkpoint = services.checkpoints.read("orders")
         assert checkpoint is not None
-        assert checkpoint.snapshot["reason"].startswith("resnapshot after: the saved resume token")
+        assert checkpoint.snapshot is not None
+        assert checkpoint.snapshot.reason.startswith("resnapshot after: the saved resume token")
         assert checkpoint.gaps == []
         assert checkpoint.last_error is not None
         assert checkpoint.last_error["recovery"] == "resnapshot"

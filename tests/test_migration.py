@@ -19,9 +19,8 @@ import pytest
 
 from localdev.standins.stack import PRINCIPAL_ID, LocalStack
 from shared.auth.mongo_client import ClientFactory
-from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
-from shared.replicate import CHECKPOINTS_COLLECTION, Replicator
+from shared.services import CHECKPOINTS_COLLECTION, build_services
 from tests.conftest import Metrics
 
 STREAM = "orders"
@@ -59,15 +58,13 @@ class Deployment:
     def __init__(self, data: dict[str, Any], metrics: Metrics) -> None:
         self.config = ReplicatorConfig.model_validate(data)
         self.factory = ClientFactory(client_options={"serverSelectionTimeoutMS": 5000})
-        self.replicator = Replicator(
-            self.config, factory=self.factory, clock=SystemClock(), metrics=metrics.replication
-        )
+        self.services = build_services(self.config, factory=self.factory, metrics=metrics.replication)
 
     def drain(self) -> int:
         """Passes until one reads nothing; the number of events read."""
         events = 0
         for _ in range(10):
-            result = self.replicator.run_pass(STREAM)
+            result = self.services.replicator.run_pass(STREAM)
             assert result.outcome == "idle", result
             events += result.events
             if result.events == 0:
@@ -129,7 +126,7 @@ def test_switching_every_endpoint_to_entra_should_keep_the_streams_position(stac
     # 3. The same stream, every endpoint now with auth_method: entra.
     after = Deployment(entra_config(stack), metrics)
     try:
-        resumed_from = after.replicator.checkpoints.read(STREAM)
+        resumed_from = after.services.checkpoints.read(STREAM)
         assert resumed_from is not None
         assert resumed_from.resume_token == saved["resume_token"]  # the Entra-connected store sees the same token
         assert after.drain() == during_switch  # exactly the writes made since: nothing replayed, nothing skipped

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from shared.cli import main
-from shared.operations import check_token_ages, reset_stream, schedule, token_health
+from shared.operations import check_token_ages, schedule, token_health
 from shared.position import Checkpoint
+from shared.replicate import reset_stream
 from tests.conftest import Harness
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -43,22 +44,28 @@ def test_a_pass_should_record_the_sources_change_rate(harness: Harness):
     replicator.run_pass("orders")
     harness.source.insert_many([{"_id": f"r{i}", "pad": "x" * 200} for i in range(100)])
     replicator.run_pass("orders")
-    saved = replicator.checkpoints.read("orders")
+    saved = harness.checkpoints.read("orders")
     assert saved is not None
     assert (saved.source_bytes_per_s or 0) > 1000
 
 
 def test_the_tick_should_warn_about_an_aging_token_and_still_schedule(harness: Harness, caplog):
-    replicator = harness.replicator()
-    replicator.run_pass("orders")
+    services = harness.services()
+    services.replicator.run_pass("orders")
     harness.state.checkpoints.update_one(
         {"_id": "orders"}, {"$set": {"token_saved_at": 0.0, "source_bytes_per_s": 10_000_000.0}}
     )
     with caplog.at_level(logging.WARNING, logger="shared"):
-        messages = schedule(replicator, correlation_id="tick-1", now=100.0)
+        messages = schedule(
+            services.config,
+            checkpoints=services.checkpoints,
+            metrics=services.metrics,
+            correlation_id="tick-1",
+            now=100.0,
+        )
     assert len(messages) == 1
     assert "its saved resume token is 100 s old" in caplog.text
-    (health,) = check_token_ages(replicator, now=100.0)
+    (health,) = check_token_ages(services.config, checkpoints=services.checkpoints, metrics=services.metrics, now=100.0)
     assert health.level == "critical"  # 400 MB at 10 MB/s is about 42 s
     assert harness.metrics.value("replicator_token_age_seconds", stream="orders", level="critical") >= 1
 
@@ -72,7 +79,7 @@ def test_reset_from_now_should_record_the_skipped_span_as_a_gap_and_clear_the_fa
         {"_id": "orders"}, {"$set": {"status": "failed", "last_error": {"message": "history lost"}}}
     )
     harness.source.insert_one({"_id": "skipped"})  # written while the stream was failed: the reset skips it
-    reset = reset_stream(replicator, "orders", "now")
+    reset = reset_stream(harness.config().stream("orders"), "now", checkpoints=harness.checkpoints)
     assert reset.status == "idle"
     assert reset.last_error is None
     assert reset.resume_token is None
@@ -88,7 +95,7 @@ def test_reset_to_resnapshot_should_copy_the_collection_again_and_converge(harne
     replicator.run_pass("orders")
     harness.source.insert_many([{"_id": f"k{i:03}"} for i in range(50)])
     harness.estuary.insert_one({"_id": "drifted"})  # the estuary drifted while nobody looked
-    reset = reset_stream(replicator, "orders", "resnapshot")
+    reset = reset_stream(harness.config().stream("orders"), "resnapshot", checkpoints=harness.checkpoints)
     assert reset.phase == "copying"
     result = replicator.run_pass("orders")
     assert result.copied == 50
@@ -96,8 +103,7 @@ def test_reset_to_resnapshot_should_copy_the_collection_again_and_converge(harne
 
 
 def test_reset_should_refuse_while_a_pass_holds_the_lease(harness: Harness, tmp_path: Path, capsys):
-    replicator = harness.replicator()
-    acquired = replicator.checkpoints.acquire("orders", "busy-worker", 30)
+    acquired = harness.checkpoints.acquire("orders", "busy-worker", 30)
     assert acquired is not None
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(harness.config().model_dump(mode="json")))

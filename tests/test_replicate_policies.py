@@ -15,6 +15,7 @@ from bson import Timestamp
 from mockupdb import MockupDB, OpMsg
 
 from shared.cli import main
+from shared.config import ReplicatorConfig
 from shared.mongo_errors import is_history_lost, is_transient
 from shared.replicate import Replicator
 from tests.conftest import Harness
@@ -71,39 +72,42 @@ def source() -> Iterator[ScriptedSource]:
     scripted.server.stop()
 
 
-def replicator_for(harness: Harness, source: ScriptedSource, **stream: Any) -> Replicator:
-    config = harness.config(**stream)
-    data = config.model_dump()
+def config_for(harness: Harness, source: ScriptedSource, **stream: Any) -> ReplicatorConfig:
+    data = harness.config(**stream).model_dump()
     data["streams"][0]["source"]["connection_uri"] = f"{source.server.uri}/?directConnection=true"
-    return harness.replicator(type(config).model_validate(data))
+    return ReplicatorConfig.model_validate(data)
 
 
-def seed_position(replicator: Replicator, token: str) -> None:
-    acquired = replicator.checkpoints.acquire("orders", "seed", 10)
+def replicator_for(harness: Harness, source: ScriptedSource, **stream: Any) -> Replicator:
+    return harness.replicator(config_for(harness, source, **stream))
+
+
+def seed_position(harness: Harness, token: str) -> None:
+    acquired = harness.checkpoints.acquire("orders", "seed", 10)
     assert acquired is not None
-    replicator.checkpoints.save(acquired[0], duration=10, resume_token={"_data": token}, last_event_at=1_700_000_000.0)
-    replicator.checkpoints.release(acquired[0])
+    harness.checkpoints.save(acquired[0], duration=10, resume_token={"_data": token}, last_event_at=1_700_000_000.0)
+    harness.checkpoints.release(acquired[0])
 
 
 def test_history_lost_with_policy_fail_should_stop_the_stream_loudly_and_keep_it_stopped(
     harness, source, tmp_path, capsys, restore_logging
 ):
     replicator = replicator_for(harness, source)
-    seed_position(replicator, "aged-out")
+    seed_position(harness, "aged-out")
     source.batches = [286]
     result = replicator.run_pass("orders")
     assert result.outcome == "failed"
     assert "can no longer be resumed" in (result.detail or "")
-    checkpoint = replicator.checkpoints.read("orders")
+    checkpoint = harness.checkpoints.read("orders")
     assert checkpoint is not None
     assert checkpoint.status == "failed"
     assert checkpoint.resume_token == {"_data": "aged-out"}  # kept for the operator, not silently replaced
-    assert "on_history_lost: start_now" in checkpoint.last_error["hint"]  # type: ignore[index]
+    assert "on_history_lost: start_now" in checkpoint.last_error["hint"]
     opened = len(source.opened)
     assert replicator.run_pass("orders").outcome == "failed"  # later passes do not touch the source
     assert len(source.opened) == opened
     path = tmp_path / "replicator.yaml"
-    path.write_text(yaml.safe_dump(replicator.config.model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(config_for(harness, source).model_dump(mode="json")))
     assert main(["status", "--config", str(path)]) == 1  # status says the stream needs attention, and why
     out = capsys.readouterr().out
     assert "orders: failed" in out
@@ -112,14 +116,14 @@ def test_history_lost_with_policy_fail_should_stop_the_stream_loudly_and_keep_it
 
 def test_history_lost_with_policy_start_now_should_record_the_gap_and_continue(harness, source):
     replicator = replicator_for(harness, source, on_history_lost="start_now")
-    seed_position(replicator, "aged-out")
+    seed_position(harness, "aged-out")
     source.batches = [286, [event("n1", "insert", "fresh")]]
     result = replicator.run_pass("orders")
     assert result.outcome == "idle"
     assert source.opened[0]["resumeAfter"] == {"_data": "aged-out"}
     assert "resumeAfter" not in source.opened[1]  # reopened at "now"
     assert harness.estuary.find_one({"_id": "fresh"}) == {"_id": "fresh", "from": "n1"}
-    checkpoint = replicator.checkpoints.read("orders")
+    checkpoint = harness.checkpoints.read("orders")
     assert checkpoint is not None
     (gap,) = checkpoint.gaps
     assert gap["from"] == 1_700_000_000.0
@@ -131,13 +135,13 @@ def test_history_lost_with_policy_start_now_should_record_the_gap_and_continue(h
 
 def test_a_drop_with_policy_stop_should_apply_what_came_before_and_stop_visibly(harness, source):
     replicator = replicator_for(harness, source)
-    seed_position(replicator, "t0")
+    seed_position(harness, "t0")
     source.batches = [[event("t1", "insert", "a"), event("t2", "drop"), event("t3", "invalidate")]]
     result = replicator.run_pass("orders")
     assert result.outcome == "stopped"
     assert "the source reported 'drop'" in (result.detail or "")
     assert harness.estuary.find_one({"_id": "a"}) is not None
-    checkpoint = replicator.checkpoints.read("orders")
+    checkpoint = harness.checkpoints.read("orders")
     assert checkpoint is not None
     assert checkpoint.status == "stopped"
     assert checkpoint.resume_token == {"_data": "t1"}  # position just before the drop
@@ -145,7 +149,7 @@ def test_a_drop_with_policy_stop_should_apply_what_came_before_and_stop_visibly(
 
 def test_invalidate_with_policy_ignore_should_reopen_after_it_with_start_after(harness, source):
     replicator = replicator_for(harness, source, on_invalidate="ignore")
-    seed_position(replicator, "t0")
+    seed_position(harness, "t0")
     source.batches = [
         [event("t1", "insert", "a"), event("t2", "drop"), event("t3", "invalidate")],
         [event("t4", "insert", "b")],

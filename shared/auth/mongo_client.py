@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.monitoring import (
     ConnectionCheckedInEvent,
@@ -39,6 +41,8 @@ from shared.clock import Clock, SystemClock
 from shared.telemetry import AuthMetrics, get_logger
 
 if TYPE_CHECKING:
+    from pymongo.collection import Collection
+
     from shared.config import MongoConfig
 
 APP_NAME = "cosmos-mongo-replicator"
@@ -59,6 +63,7 @@ _DOCUMENTDB_OPTIONS: tuple[tuple[tuple[str, ...], str, object], ...] = (
 warnings.filterwarnings("ignore", message="You appear to be connected to a CosmosDB cluster", category=UserWarning)
 
 SourceFactory = Callable[..., TokenSource]
+_RAW = CodecOptions(document_class=RawBSONDocument)
 
 _log = get_logger(__name__)
 
@@ -102,6 +107,14 @@ class ClientFactory:
                     extra={"event": "client_created", "auth_method": config.auth_method},
                 )
             return self._clients[key]
+
+    def collection(self, config: MongoConfig) -> Collection[RawBSONDocument]:
+        """The endpoint's collection through the shared client, reading raw BSON (documents are never decoded and
+        re-encoded on their way through)."""
+        database = self.client(config)[config.database or ""]
+        # pymongo's stubs type a collection by the client's document class, not by the codec options given here.
+        raw: Collection[RawBSONDocument] = database.get_collection(config.collection or "", codec_options=_RAW)  # type: ignore[assignment]
+        return raw
 
     def token_provider(self, config: MongoConfig) -> TokenProvider:
         """The shared token provider for an ``entra`` endpoint's identity and scope."""

@@ -2,7 +2,8 @@
 
 Each command is a ``Command(name, help, configure, execute)`` in a module of this package, registered below.
 ``main`` is the one place that maps outcomes to exit codes: 0 success, 1 a check or run failed, 2 bad usage or
-configuration. Errors print one line plus a ``Tip:``; ``--debug`` shows the traceback of unexpected ones.
+configuration. Errors print one line plus a ``Tip:`` (server errors through ``mongo_errors.explain``, as
+``test-auth`` words them); ``--debug`` shows the traceback of server errors and unexpected ones.
 This package is the only code that prints.
 """
 
@@ -14,9 +15,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pymongo.errors import PyMongoError
+
 from shared.cli import auth_commands, dead_letters_command, replication_commands, verify_command
 from shared.cli.common import EXIT_FAILED, EXIT_USAGE, Execute, fail
 from shared.errors import ConfigError, ReplicatorError
+from shared.mongo_errors import explain
 from shared.redaction import redact_text
 from shared.telemetry import configure_logging
 
@@ -39,10 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
         else:
-            fail(exc)
+            fail(exc.message, exc.hint)
         return EXIT_USAGE
-    except ReplicatorError as exc:
-        fail(exc)
+    except (ReplicatorError, PyMongoError) as exc:  # one explanation of server failures for every command
+        if args.debug and isinstance(exc, PyMongoError):
+            raise
+        fail(*explain(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,14 +1,17 @@
-"""What every command shares: exit codes, the --config / --json options, durations, ages."""
+"""What every command shares: exit codes, the --config / --json options, the services, durations, ages, times."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
-from shared.errors import ReplicatorError
+from shared.auth.mongo_client import ClientFactory
+from shared.config_loader import load_config
+from shared.services import Services, build_services
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -53,11 +56,22 @@ def positive_int(text: str) -> int:
     return value
 
 
-def fail(exc: ReplicatorError) -> None:
+@contextmanager
+def services(args: argparse.Namespace) -> Iterator[Services]:
+    """The services for the configuration ``--config`` names, their clients closed when the command is done."""
+    config = load_config(args.config)
+    factory = ClientFactory()
+    try:
+        yield build_services(config, factory=factory)
+    finally:
+        factory.close()
+
+
+def fail(message: str, hint: str | None) -> None:
     """The one-line error and its Tip, on stderr."""
-    print(f"error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"Tip: {exc.hint}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"Tip: {hint}", file=sys.stderr)
 
 
 def age(at: object, now: float) -> float | None:
@@ -68,5 +82,6 @@ def ago(value: object) -> str:
     return f"{value:.0f}s ago" if isinstance(value, int | float) else "never"
 
 
-def when(at: object) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if isinstance(at, int | float) else "the start"
+def utc(at: object, *, missing: str = "-") -> str:
+    """Unix seconds as a UTC date and time; ``missing`` when there is no time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if isinstance(at, int | float) else missing

@@ -1,4 +1,5 @@
-"""``dead-letters``: list, replay or purge the events the estuary refused (the logic is ``shared.dead_letters``).
+"""``dead-letters``: list, replay or purge the events the estuary refused (``shared.dead_letters`` is the store,
+``shared.replicate.replay`` the replay).
 
 Output never shows a document's contents: a parked event's key, operation, error (without the values a server
 quotes in it), attempts and time only.
@@ -8,24 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
-import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from bson import json_util
 
-from shared.auth.mongo_client import ClientFactory
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int
-from shared.clock import SystemClock
-from shared.config_loader import load_config
-from shared.dead_letters import ParkedEvent, ReplayResult, replay, without_values
-from shared.replicate import Replicator
-from shared.telemetry import ReplicationMetrics
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int, services, utc
+from shared.config import ReplicatorConfig
+from shared.dead_letters import DeadLetters, ParkedEvent, without_values
+from shared.replicate import ReplayResult, replay
+from shared.services import Services
 
 _DEFAULT_LIST_LIMIT = 20
 _KEY_WIDTH, _ERROR_WIDTH = 40, 70
@@ -52,35 +47,33 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    factory = ClientFactory()
-    try:
-        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-        return _ACTIONS[args.action](replicator, args)
-    finally:
-        factory.close()
+    with services(args) as built:
+        if args.action == "list":
+            return _list(built.config, built.dead_letters, args)
+        if args.action == "purge":
+            return _purge(built.config, built.dead_letters, args)
+        return _replay(built, args)
 
 
-def _selected(replicator: Replicator, only: str | None, parked: Mapping[str, int]) -> list[str]:
+def _selected(config: ReplicatorConfig, only: str | None, parked: Mapping[str, int]) -> list[str]:
     """The configured streams, then those with dead letters but no configuration; or just ``only``."""
-    configured = [s.name for s in replicator.config.streams]
+    configured = [s.name for s in config.streams]
     if only is None:
         return configured + sorted(set(parked) - set(configured))
     if only not in parked:
-        replicator.stream(only)  # an unknown name is a usage error
+        config.stream(only)  # an unknown name is a usage error
     return [only]
 
 
 # ---------------------------------------------------------------------------------------------- list
 
 
-def _list(replicator: Replicator, args: argparse.Namespace) -> int:
-    dead = replicator.dead_letters
+def _list(config: ReplicatorConfig, dead: DeadLetters, args: argparse.Namespace) -> int:
     parked = dead.streams()
-    configured = {s.name for s in replicator.config.streams}
+    configured = {s.name for s in config.streams}
     report = [
         (name, name in configured, parked.get(name, 0), dead.newest(name, args.limit) if parked.get(name) else [])
-        for name in _selected(replicator, args.stream, parked)
+        for name in _selected(config, args.stream, parked)
     ]
     if args.json:
         rows = [
@@ -116,7 +109,7 @@ def _render_listing(stream: str, configured: bool, parked: int, newest: list[Par
             _cut(_key_json(p.document_key), _KEY_WIDTH),
             _cut(f"{p.error_code} {without_values(p.error_message)}".strip(), _ERROR_WIDTH),
             str(p.attempts),
-            _utc(p.parked_at),
+            utc(p.parked_at),
         )
         for p in newest
     ]
@@ -126,30 +119,29 @@ def _render_listing(stream: str, configured: bool, parked: int, newest: list[Par
 # ---------------------------------------------------------------------------------------------- replay
 
 
-def _replay(replicator: Replicator, args: argparse.Namespace) -> int:
-    dead = replicator.dead_letters
+def _replay(built: Services, args: argparse.Namespace) -> int:
+    config, dead = built.config, built.dead_letters
     parked = dead.streams()
-    configured = {s.name for s in replicator.config.streams}
+    configured = {s.name for s in config.streams}
     if args.stream is not None:
-        replicator.stream(args.stream)  # replaying needs the stream's source and estuary
+        config.stream(args.stream)  # replaying needs the stream's source and estuary
     results: list[ReplayResult] = []
     unconfigured: list[str] = []
-    for name in _selected(replicator, args.stream, parked):
+    for name in _selected(config, args.stream, parked):
         if name not in configured:
             unconfigured.append(name)
         elif not parked.get(name):
             results.append(ReplayResult(name))
         else:
-            stream = replicator.stream(name)
+            stream = config.stream(name)
             results.append(
                 replay(
                     stream,
                     dead_letters=dead,
-                    checkpoints=replicator.checkpoints,
-                    source=replicator.collection(stream.source),
-                    estuary=replicator.collection(stream.estuary),
-                    owner=_owner(),
-                    clock=replicator.clock,
+                    checkpoints=built.checkpoints,
+                    source=built.clients.collection(stream.source),
+                    estuary=built.clients.collection(stream.estuary),
+                    clock=built.clock,
                     limit=args.limit,
                 )
             )
@@ -191,18 +183,12 @@ def _print_replay(results: list[ReplayResult], unconfigured: list[str], parked: 
         )
 
 
-def _owner() -> str:
-    """The lease owner of a replay: ``status`` shows it while the replay holds the stream."""
-    return f"dead-letters-replay@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 # ---------------------------------------------------------------------------------------------- purge
 
 
-def _purge(replicator: Replicator, args: argparse.Namespace) -> int:
-    dead = replicator.dead_letters
+def _purge(config: ReplicatorConfig, dead: DeadLetters, args: argparse.Namespace) -> int:
     parked = dead.streams()
-    names = [n for n in _selected(replicator, args.stream, parked) if parked.get(n)]
+    names = [n for n in _selected(config, args.stream, parked) if parked.get(n)]
     deleted = {name: dead.purge(name) for name in names} if args.yes else {}
     if args.json:
         rows = [{"stream": n, "parked": parked[n], "deleted": deleted.get(n, 0)} for n in names]
@@ -231,10 +217,6 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _utc(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at is not None else "-"
-
-
 def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, indent: str) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     return "\n".join(
@@ -242,11 +224,5 @@ def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, indent:
         for line in (headers, *rows)
     )
 
-
-_ACTIONS: dict[str, Callable[[Replicator, argparse.Namespace], int]] = {
-    "list": _list,
-    "replay": _replay,
-    "purge": _purge,
-}
 
 COMMANDS = (Command("dead-letters", "list, replay or purge the events the estuary refused", _configure, execute),)

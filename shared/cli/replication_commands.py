@@ -11,16 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from shared.auth.mongo_client import ClientFactory
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, age, ago, when
-from shared.clock import SystemClock
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, age, ago, services, utc
 from shared.config import StreamConfig
-from shared.config_loader import load_config
-from shared.operations import reset_stream, token_health
-from shared.position import Checkpoint
-from shared.redaction import redact_text
-from shared.replicate import PassResult, Replicator
-from shared.telemetry import ReplicationMetrics, correlation
+from shared.mongo_errors import explain
+from shared.operations import token_health
+from shared.position import Checkpoint, CopyProgress
+from shared.replicate import PassResult, Replicator, reset_stream
+from shared.telemetry import correlation
 
 # ---------------------------------------------------------------------------------------------- run
 
@@ -36,32 +33,28 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def execute_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    factory = ClientFactory()
-    replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-    names = args.stream or [s.name for s in config.streams if s.enabled]
-    for name in names:
-        replicator.stream(name)  # unknown names are a usage error before anything starts
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    failures: list[str] = []
-    report = _print_json_line if args.json else _print_pass
-    workers = [
-        threading.Thread(target=_run_stream, args=(replicator, n, stop, args.once, failures, report), name=n)
-        for n in names
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        while any(w.is_alive() for w in workers):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        print("stopping: finishing the current batches...", file=sys.stderr)
-        stop.set()
+    with services(args) as built:
+        names = args.stream or [s.name for s in built.config.streams if s.enabled]
+        for name in names:
+            built.config.stream(name)  # unknown names are a usage error before anything starts
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        failures: list[str] = []
+        report = _print_json_line if args.json else _print_pass
+        workers = [
+            threading.Thread(target=_run_stream, args=(built.replicator, n, stop, args.once, failures, report), name=n)
+            for n in names
+        ]
         for worker in workers:
-            worker.join()
-    finally:
-        factory.close()
+            worker.start()
+        try:
+            while any(w.is_alive() for w in workers):
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            print("stopping: finishing the current batches...", file=sys.stderr)
+            stop.set()
+            for worker in workers:
+                worker.join()
     return EXIT_FAILED if failures else EXIT_OK
 
 
@@ -78,8 +71,8 @@ def _run_stream(
             try:
                 result = replicator.run_pass(name, stop=stop)
             except Exception as exc:  # noqa: BLE001 (the pass recorded it; a long run must outlive any pass)
-                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {redact_text(str(exc))}"
-                print(f"{name}: pass failed: {message}", file=sys.stderr)
+                message, hint = explain(exc)
+                print(f"{name}: pass failed: {message}" + (f"\nTip: {hint}" if hint else ""), file=sys.stderr)
                 if once:
                     failures.append(name)
                     return
@@ -117,13 +110,8 @@ def _configure_status(parser: argparse.ArgumentParser) -> None:
 
 
 def execute_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    factory = ClientFactory()
-    try:
-        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-        rows = [(s, replicator.checkpoints.read(s.name)) for s in config.streams]
-    finally:
-        factory.close()
+    with services(args) as built:
+        rows = [(s, built.checkpoints.read(s.name)) for s in built.config.streams]
     now = time.time()
     if args.json:
         print(json.dumps([_status_dict(s, cp, now) for s, cp in rows], indent=2, default=str))
@@ -154,13 +142,12 @@ def _status_dict(stream: StreamConfig, cp: Checkpoint | None, now: float) -> dic
 
 def _copy_progress(cp: Checkpoint, now: float) -> dict[str, object]:
     """How far a copy is, and when it should end at its rate so far (an estimate: the total is estimated too)."""
-    snapshot = cp.snapshot
-    copied, total = int(snapshot.get("copied") or 0), snapshot.get("total_estimate")
-    started = snapshot.get("started_at")
-    rate = copied / (now - started) if isinstance(started, int | float) and now > started and copied else None
-    remaining = max(0, total - copied) if isinstance(total, int) else None
+    progress = cp.snapshot or CopyProgress(reason="")
+    copied, total, started = progress.copied, progress.total_estimate, progress.started_at
+    rate = copied / (now - started) if started is not None and now > started and copied else None
+    remaining = max(0, total - copied) if total is not None else None
     return {
-        "reason": snapshot.get("reason"),
+        "reason": progress.reason or None,
         "copied": copied,
         "total_estimate": total,
         "docs_per_s": round(rate, 1) if rate else None,
@@ -195,7 +182,8 @@ def _render_status(stream: StreamConfig, cp: Checkpoint | None, now: float) -> s
         lines.append(f"    last error {cp.last_error.get('message')} ({ago(age(cp.last_error.get('at'), now))})")
     for gap in cp.gaps[-3:]:
         lines.append(
-            f"    GAP        events from {when(gap.get('from'))} to {when(gap.get('to'))} were not "
+            f"    GAP        events from {utc(gap.get('from'), missing='the start')} to "
+            f"{utc(gap.get('to'), missing='the start')} were not "
             f"replicated: {gap.get('reason')}"
         )
     return "\n".join(lines)
@@ -217,13 +205,8 @@ def _configure_reset(parser: argparse.ArgumentParser) -> None:
 
 
 def execute_reset(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    factory = ClientFactory()
-    try:
-        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-        checkpoint = reset_stream(replicator, args.stream, args.start)
-    finally:
-        factory.close()
+    with services(args) as built:
+        checkpoint = reset_stream(built.config.stream(args.stream), args.start, checkpoints=built.checkpoints)
     if args.json:
         print(
             json.dumps(

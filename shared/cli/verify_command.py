@@ -7,14 +7,9 @@ import json
 
 from pymongo.errors import PyMongoError
 
-from shared.auth.mongo_client import ClientFactory
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int
-from shared.clock import SystemClock
-from shared.config_loader import load_config
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int, services
 from shared.errors import ConfigError, ReplicatorError
-from shared.redaction import redact_text
-from shared.replicate import Replicator
-from shared.telemetry import ReplicationMetrics
+from shared.mongo_errors import explain
 from shared.verify import Discrepancies, StreamVerification, VerifyOptions, verify_stream
 
 _KIND_LINES = {
@@ -46,24 +41,21 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def execute_verify(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    names: list[str] = args.stream or [s.name for s in config.streams if s.enabled]
-    if not names:
-        raise ConfigError(["streams: none is enabled; name one with --stream"], source=args.config)
     options = VerifyOptions(mode="all" if args.all else "sample", sample=args.sample, recheck_delay=args.recheck_delay)
-    factory = ClientFactory()
-    try:
-        replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=ReplicationMetrics())
-        streams = [replicator.stream(name) for name in names]  # unknown names: a usage error before any read
+    with services(args) as built:
+        names: list[str] = args.stream or [s.name for s in built.config.streams if s.enabled]
+        if not names:
+            raise ConfigError(["streams: none is enabled; name one with --stream"], source=args.config)
+        streams = [built.config.stream(name) for name in names]  # unknown names: a usage error before any read
         reports = []
         for stream in streams:
             try:
-                source, estuary = replicator.collection(stream.source), replicator.collection(stream.estuary)
-                reports.append(verify_stream(stream, source, estuary, options=options, clock=SystemClock()))
+                source, estuary = built.clients.collection(stream.source), built.clients.collection(stream.estuary)
+                reports.append(verify_stream(stream, source, estuary, options=options, clock=built.clock))
             except (PyMongoError, ReplicatorError) as exc:
-                reports.append(StreamVerification(stream.name, options.mode, error=_describe(exc)))
-    finally:
-        factory.close()
+                message, hint = explain(exc)
+                error = message + (f" (Tip: {hint})" if hint else "")
+                reports.append(StreamVerification(stream.name, options.mode, error=error))
     ok = all(r.ok for r in reports)
     if args.json:
         print(json.dumps({"ok": ok, "streams": [r.to_dict() for r in reports]}, indent=2, ensure_ascii=False))
@@ -121,12 +113,6 @@ def _examples(found: Discrepancies) -> str:
         return ""
     more = found.total - len(found.examples)
     return ": " + ", ".join(found.examples) + (f" and {more} more" if more else "")
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ReplicatorError):
-        return exc.message + (f" (Tip: {exc.hint})" if exc.hint else "")
-    return f"{type(exc).__name__}: {redact_text(str(exc))}"
 
 
 def _non_negative_seconds(text: str) -> float:

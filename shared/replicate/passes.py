@@ -1,0 +1,277 @@
+"""One pass of one stream: take the lease, (copy,) stream changes, save positions, until the budget or idleness.
+
+The rules a pass keeps:
+
+* the checkpoint moves only after the estuary acknowledged the batch, and also after empty polls (so an idle
+  stream's token does not age out of the change log);
+* a worker that lost its lease stops before writing anything more; a stream whose lease is held elsewhere ends
+  the pass quietly;
+* a lost resume token follows ``on_history_lost`` (``fail``: the stream stops, loudly; ``resnapshot``: the
+  collection is copied again; ``start_now``: a gap is recorded and reported); lifecycle events follow
+  ``on_invalidate``; nothing is skipped silently;
+* any other failure is recorded on the checkpoint (``status`` shows it) and re-raised, so the Functions queue
+  retries the message and finally moves it to ``-poison``.
+
+``Replicator.run_pass`` holds the lease; ``_Pass.run`` is the one place that decides the outcome; the phases are
+``copying.Copy`` and ``streaming.Streamer``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pymongo.errors import PyMongoError
+
+from shared.errors import ReplicatorError
+from shared.estuary import EstuaryWriter
+from shared.mongo_errors import explain
+from shared.position import CopyProgress, LeaseLostError, hold_lease
+from shared.replicate.copying import Copy, begin_copy
+from shared.replicate.outcome import PassResult, PassTimer, StreamHaltedError
+from shared.replicate.streaming import Streamer
+from shared.streams import HistoryLostError
+from shared.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from bson.raw_bson import RawBSONDocument
+    from pymongo.collection import Collection
+
+    from shared.clock import Clock
+    from shared.config import MongoConfig, ReplicatorConfig, StreamConfig
+    from shared.dead_letters import DeadLetters
+    from shared.position import CheckpointStore, Held
+    from shared.replicate.outcome import PassOutcome, TimeOutcome
+    from shared.telemetry import ReplicationMetrics
+
+_log = get_logger(__name__)
+
+
+class Collections(Protocol):
+    """Opens an endpoint's collection reading raw BSON (``ClientFactory`` does, through the shared clients)."""
+
+    def collection(self, config: MongoConfig) -> Collection[RawBSONDocument]: ...
+
+
+class Replicator:
+    """Runs passes of the configured streams (one instance per process; passes of different streams may run in
+    parallel threads)."""
+
+    def __init__(
+        self,
+        config: ReplicatorConfig,
+        *,
+        checkpoints: CheckpointStore,
+        dead_letters: DeadLetters,
+        collections: Collections,
+        clock: Clock,
+        metrics: ReplicationMetrics,
+    ) -> None:
+        self._config = config
+        self._checkpoints = checkpoints
+        self._dead_letters = dead_letters
+        self._collections = collections
+        self._clock = clock
+        self._metrics = metrics
+
+    def run_pass(self, name: str, *, stop: threading.Event | None = None) -> PassResult:
+        """One pass of the stream ``name``; raises when it failed in a way worth retrying."""
+        stream = self._config.stream(name)
+        started = self._clock.monotonic()
+        with hold_lease(self._checkpoints, name, duration=stream.lease_duration, role="pass") as held:
+            if held is None:
+                _log.info("stream %s: lease held by another worker, nothing to do", name, extra={"stream": name})
+                result = PassResult(name, "lease_held")
+            else:
+                result = _Pass(
+                    stream,
+                    held,
+                    checkpoints=self._checkpoints,
+                    dead_letters=self._dead_letters,
+                    source=self._collections.collection(stream.source),
+                    estuary=self._collections.collection(stream.estuary),
+                    clock=self._clock,
+                    metrics=self._metrics,
+                    stop=stop or threading.Event(),
+                ).run()
+        result.seconds = self._clock.monotonic() - started
+        self._metrics.passes.add(1, {"stream": name, "outcome": result.outcome})
+        _log.info(
+            "stream %s: pass ended (%s): %d events, %d applied, %d dead-lettered, %d batches in %.1fs",
+            name,
+            result.outcome,
+            result.events,
+            result.applied,
+            result.dead_lettered,
+            result.batches,
+            result.seconds,
+            extra={"event": "pass_ended", "stream": name, "outcome": result.outcome},
+        )
+        return result
+
+
+class _Pass:
+    """One pass of one stream, holding its lease: the phases in order, and the outcome decided in ``run``."""
+
+    def __init__(
+        self,
+        stream: StreamConfig,
+        held: Held,
+        *,
+        checkpoints: CheckpointStore,
+        dead_letters: DeadLetters,
+        source: Collection[RawBSONDocument],
+        estuary: Collection[RawBSONDocument],
+        clock: Clock,
+        metrics: ReplicationMetrics,
+        stop: threading.Event,
+    ) -> None:
+        self._stream = stream
+        self._lease, self._checkpoint = held
+        self._checkpoints = checkpoints
+        self._dead_letters = dead_letters
+        self._source = source
+        self._estuary = estuary
+        self._clock = clock
+        self._metrics = metrics
+        self._stop = stop
+        self._attributes = {"stream": stream.name}
+        self._started = clock.monotonic()
+        self._result = PassResult(stream.name, "idle")
+
+    def run(self) -> PassResult:
+        checkpoint = self._checkpoint
+        outcome: PassOutcome
+        if checkpoint.status in ("stopped", "failed"):  # an operator has to act first (status shows why)
+            outcome, detail = checkpoint.status, (checkpoint.last_error or {}).get("message")
+        else:
+            streamer = self._streamer()
+            try:
+                outcome, detail = self._settle(streamer)
+            except LeaseLostError as exc:
+                _log.warning("stream %s: %s", self._stream.name, exc.message, extra=self._attributes)
+                outcome, detail = "lease_lost", None
+            except Exception as exc:
+                self._record_failure(exc)
+                raise
+            finally:
+                streamer.close()
+        self._result.outcome, self._result.detail = outcome, detail
+        return self._result
+
+    def _settle(self, streamer: Streamer) -> tuple[PassOutcome, str | None]:
+        """Run the phases, then record how the stream stands: idle (with its change rate) or halted."""
+        try:
+            outcome = self._phases(streamer)
+        except StreamHaltedError as halt:
+            self._checkpoints.set_status(self._lease, halt.status, error=halt.error)
+            return halt.status, halt.message
+        self._checkpoints.set_status(self._lease, "idle", extra=self._rate_fields(streamer.bytes_read))
+        return outcome, None
+
+    def _phases(self, streamer: Streamer) -> TimeOutcome:
+        """Copy when a copy is due (resuming one under way), then stream; recover from a lost token by policy."""
+        checkpoint = self._checkpoint
+        self._checkpoints.set_status(self._lease, "running")
+        timer = PassTimer(
+            self._clock, budget=self._stream.time_budget, idle_timeout=self._stream.idle_timeout, stop=self._stop
+        )
+        copying = (checkpoint.snapshot or CopyProgress(reason="")) if checkpoint.phase == "copying" else None
+        if self._stream.initial_sync and checkpoint.status == "new" and checkpoint.resume_token is None:
+            copying = begin_copy(self._checkpoints, self._lease, stream=self._stream.name, reason="initial_sync")
+        while True:
+            if copying is not None:
+                handoff = self._copy().run(copying, timer)
+                if handoff is None:
+                    return timer.outcome
+                streamer.restart_at(handoff, saved=True)
+                copying = None
+            try:
+                return streamer.run(timer)
+            except HistoryLostError as exc:
+                copying = self._history_lost(exc, streamer)
+
+    def _history_lost(self, exc: HistoryLostError, streamer: Streamer) -> CopyProgress | None:
+        """Apply ``on_history_lost``: halt, or the copy to run (resnapshot), or ``None`` to stream from now."""
+        name, policy = self._stream.name, self._stream.on_history_lost
+        log_extra = {**self._attributes, "event": "history_lost"}
+        if policy == "fail":
+            _log.error("stream %s: %s; stream stopped", name, exc.message, extra=log_extra)
+            raise StreamHaltedError("failed", exc.message, hint=exc.hint)
+        streamer.close()
+        if policy == "resnapshot":
+            _log.error(
+                "stream %s: %s; copying the collection again (on_history_lost: resnapshot)",
+                name,
+                exc.message,
+                extra=log_extra,
+            )
+            self._checkpoints.set_status(
+                self._lease, "running", error={"message": exc.message, "recovery": "resnapshot"}
+            )
+            return begin_copy(self._checkpoints, self._lease, stream=name, reason=f"resnapshot after: {exc.message}")
+        since = self._checkpoint.last_event_at or self._checkpoint.updated_at
+        self._checkpoints.record_gap(self._lease, since=since, reason=exc.message)
+        self._metrics.gaps.add(1, self._attributes)
+        _log.error(
+            "stream %s: %s; continuing from now (on_history_lost: start_now), gap recorded",
+            name,
+            exc.message,
+            extra={**self._attributes, "event": "gap_recorded"},
+        )
+        streamer.restart_at(None, saved=False)
+        return None
+
+    def _streamer(self) -> Streamer:
+        return Streamer(
+            self._stream,
+            source=self._source,
+            writer=EstuaryWriter(
+                self._estuary,
+                self._dead_letters,
+                stream=self._stream.name,
+                max_attempts=self._stream.max_apply_attempts,
+                transform=self._stream.transform,
+            ),
+            checkpoints=self._checkpoints,
+            lease=self._lease,
+            clock=self._clock,
+            metrics=self._metrics,
+            result=self._result,
+            token=self._checkpoint.resume_token,
+            start_after=self._checkpoint.start_after,
+        )
+
+    def _copy(self) -> Copy:
+        return Copy(
+            self._stream,
+            source=self._source,
+            estuary=self._estuary,
+            dead_letters=self._dead_letters,
+            checkpoints=self._checkpoints,
+            lease=self._lease,
+            clock=self._clock,
+            metrics=self._metrics,
+            result=self._result,
+        )
+
+    def _rate_fields(self, bytes_read: int) -> dict[str, Any]:
+        """The source's recent change volume (bytes/s, smoothed over passes), for the token-age warning."""
+        elapsed = self._clock.monotonic() - self._started
+        if elapsed <= 0:
+            return {}
+        rate = bytes_read / elapsed
+        previous = self._checkpoint.source_bytes_per_s
+        return {"source_bytes_per_s": rate if previous is None else (previous + rate) / 2}
+
+    def _record_failure(self, exc: Exception) -> None:
+        message, _ = explain(exc)
+        _log.error(
+            "stream %s: pass failed: %s", self._stream.name, message, extra={**self._attributes, "event": "pass_failed"}
+        )
+        try:
+            self._checkpoints.set_status(
+                self._lease, "retrying", error={"message": message, "type": type(exc).__name__}
+            )
+        except (PyMongoError, ReplicatorError) as record_error:  # best effort: the original error matters
+            _log.warning("stream %s: could not record the failure: %s", self._stream.name, record_error)

@@ -34,13 +34,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
-import platform
-import pstats
 import random
-import re
-import resource
-import statistics
 import sys
 import tempfile
 import threading
@@ -48,91 +42,28 @@ import time
 import tracemalloc
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from opentelemetry.context import Context
-from opentelemetry.metrics import Counter
-from opentelemetry.util.types import Attributes
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 
+from bench.common import MIB, Doc, PeakRss, Progress, differences, machine
+from bench.replication_report import Drain, Kind, Mode, print_report, profile_breakdown, summarise
 from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
-from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
 from shared.replicate import Replicator
+from shared.services import build_services
 from shared.telemetry import ReplicationMetrics
 
-TARGET_RATIO = 0.9
 WRITE_CHUNK = 1000  # source writes per bulk_write while preloading
-MIB = 1024 * 1024
-
-Doc = dict[str, Any]
-Kind = Literal["baseline", "replicator"]
-Mode = Literal["timed", "profile", "heap"]
 
 
 class BenchError(RuntimeError):
     """The benchmark could not measure what it meant to (a pass failed, an estuary differs)."""
-
-
-@dataclass
-class Drain:
-    """One drain of N events."""
-
-    kind: Kind
-    run: int
-    mode: Mode
-    events: int
-    seconds: float  # until the estuary held all N events
-    events_per_s: float
-    tail_seconds: float = 0.0  # replicator: after the last batch until the pass ended (idle_timeout)
-    passes: int = 0
-    rss_start_mib: float = 0.0
-    rss_peak_mib: float = 0.0
-    heap_peak_mib: float | None = None  # mode "heap": tracemalloc peak during the drain
-    preload_events_per_s: float = 0.0
-
-
-# ---------------------------------------------------------------------------------------------- measuring
-
-
-class PeakRss:
-    """Peak resident set size of this process since ``reset``.
-
-    Linux: ``VmHWM`` from /proc/self/status, reset by writing 5 to /proc/self/clear_refs (exact, and no
-    sampling thread adding load). Elsewhere the process's lifetime peak (``getrusage``).
-    """
-
-    def __init__(self) -> None:
-        self.exact = False
-
-    def reset(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self.exact = False
-        else:
-            self.exact = True
-
-    def current_mib(self) -> float:
-        return self._status_kib("VmRSS") / 1024 if self.exact else self._lifetime_peak_mib()
-
-    def peak_mib(self) -> float:
-        return self._status_kib("VmHWM") / 1024 if self.exact else self._lifetime_peak_mib()
-
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-        return int(match.group(1)) if match else 0
-
-    @staticmethod
-    def _lifetime_peak_mib() -> float:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 class Probe:
@@ -158,27 +89,6 @@ class Probe:
         elif self.mode == "heap":
             self.heap_peak_mib = round(tracemalloc.get_traced_memory()[1] / MIB, 2)
             tracemalloc.stop()
-
-
-class Progress(Counter):
-    """Stands in for the replicator's ``events_read`` instrument: counts, and notes when the count reached N.
-
-    ``Replicator`` adds to it after the estuary and the checkpoint store acknowledged a batch. With ``stop``,
-    reaching N also ends the pass (used when profiling, where the idle tail would only add sleep).
-    """
-
-    def __init__(self, target: int, stop: threading.Event | None = None) -> None:
-        self.target = target
-        self.count = 0
-        self.reached_at: float | None = None
-        self._stop = stop
-
-    def add(self, amount: float, attributes: Attributes = None, context: Context | None = None) -> None:
-        self.count += int(amount)
-        if self.reached_at is None and self.count >= self.target:
-            self.reached_at = time.perf_counter()
-            if self._stop is not None:
-                self._stop.set()
 
 
 # ---------------------------------------------------------------------------------------------- workload
@@ -228,22 +138,6 @@ def preload(collection: Collection[Doc], n: int, seed: int) -> float:
     for chunk in workload(n, seed):
         collection.bulk_write(chunk, ordered=True)
     return n / (time.perf_counter() - started)
-
-
-def differences(source: Collection[Doc], estuary: Collection[Doc]) -> int:
-    """Documents that differ between the two collections (missing, extra or unequal), by a streaming merge."""
-    ours = iter(source.find({}, sort=[("_id", 1)], batch_size=1000))
-    theirs = iter(estuary.find({}, sort=[("_id", 1)], batch_size=1000))
-    a, b, diff = next(ours, None), next(theirs, None), 0
-    while a is not None or b is not None:
-        if a is not None and b is not None and a["_id"] == b["_id"]:
-            diff += a != b
-            a, b = next(ours, None), next(theirs, None)
-        elif b is None or (a is not None and a["_id"] < b["_id"]):
-            diff, a = diff + 1, next(ours, None)
-        else:
-            diff, b = diff + 1, next(theirs, None)
-    return diff
 
 
 # ---------------------------------------------------------------------------------------------- the two drains
@@ -382,7 +276,7 @@ class Bench:
                 ],
             }
         )
-        return Replicator(config, factory=self.factory, clock=SystemClock(), metrics=metrics)
+        return build_services(config, factory=self.factory, metrics=metrics).replicator
 
     def _settle(self) -> float:
         """Let the servers finish the preload's aftermath, then open the memory window; returns RSS now."""
@@ -391,110 +285,12 @@ class Bench:
         return round(self.rss.current_mib(), 1)
 
 
-# ---------------------------------------------------------------------------------------------- profile
-
-
-_PROFILE_ROWS = (  # (label, file suffix, function): cumulative seconds in these calls; "" adds to the row above
-    ("change stream reads (try_next)", "pymongo/synchronous/change_stream.py", "try_next"),
-    ("estuary bulk_write", "pymongo/synchronous/collection.py", "bulk_write"),
-    ("checkpoint saves", "shared/position.py", "save"),
-    ("lease acquire + release + status", "shared/position.py", "acquire"),
-    ("", "shared/position.py", "release"),
-    ("", "shared/position.py", "set_status"),
-    ("batch planning (collapse by _id)", "shared/estuary.py", "_plan"),
-    ("metrics (per-event counters)", "shared/replicate.py", "_count"),
-    ("sleeps (empty polls)", "shared/clock.py", "sleep"),
-    ("socket receive (waiting on servers)", "network_layer.py", "recv_into"),
-)
-
-
-def profile_breakdown(profile: cProfile.Profile) -> dict[str, float]:
-    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    out = {"total": round(sum(tt for (_c, _n, tt, _ct, _) in stats.values()), 3)}
-    label = ""
-    for name, suffix, func in _PROFILE_ROWS:
-        label = name or label
-        seconds = sum(ct for (f, _l, fn), (_c, _n, _t, ct, _) in stats.items() if fn == func and f.endswith(suffix))
-        out[label] = round(out.get(label, 0.0) + seconds, 3)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def spread(values: list[float], digits: int = 1) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), digits),
-        "min": round(min(values), digits),
-        "max": round(max(values), digits),
-    }
-
-
-def summarise(drains: list[Drain]) -> dict[str, Any]:
-    base = [d for d in drains if d.kind == "baseline"]
-    repl = [d for d in drains if d.kind == "replicator"]
-    pairs = [r.events_per_s / b.events_per_s for b, r in zip(base, repl, strict=True)]
-    ratio = statistics.median(d.events_per_s for d in repl) / statistics.median(d.events_per_s for d in base)
-    return {
-        "baseline_events_per_s": spread([d.events_per_s for d in base]),
-        "replicator_events_per_s": spread([d.events_per_s for d in repl]),
-        "ratio_of_medians": round(ratio, 3),
-        "ratio_per_pair": spread(pairs, 3),
-        "replicator_idle_tail_s": spread([d.tail_seconds for d in repl], 2),
-        "baseline_peak_rss_mib": max(d.rss_peak_mib for d in base),
-        "replicator_peak_rss_mib": max(d.rss_peak_mib for d in repl),
-        "target_met": ratio >= TARGET_RATIO,
-    }
-
-
 def scale_check(bench: Bench, n: int) -> dict[str, Any]:
     """Heap peaks while draining N and 4 x N events: bounded if 4 x N needs at most 1.5 x (+1 MiB)."""
     drains = [bench.drain(kind, size, "heap") for size in (n, 4 * n) for kind in ("baseline", "replicator")]
     peaks = {(d.kind, d.events): d.heap_peak_mib or 0.0 for d in drains}
     bounded = all(peaks[(kind, 4 * n)] <= 1.5 * peaks[(kind, n)] + 1.0 for kind in ("baseline", "replicator"))
     return {"drains": [asdict(d) for d in drains], "bounded": bounded}
-
-
-def print_report(results: dict[str, Any]) -> None:
-    s = results["summary"]
-    print(f"replication throughput on {results['machine']}")
-    print(
-        f"  {results['events']} events per drain (70% inserts, 20% updates, 10% deletes), batch "
-        f"{results['batch_size']}, {results['runs']} drains of each kind alternating; every estuary equals its source"
-    )
-    print(
-        f"  {'run':<4}{'kind':<12}{'events/s':>9}{'time':>8}{'idle tail':>11}{'passes':>8}{'RSS start':>11}{'peak':>8}"
-    )
-    for d in results["drains"]:
-        tail, passes = (f"{d['tail_seconds']:.2f}s", d["passes"]) if d["kind"] == "replicator" else ("-", "-")
-        print(
-            f"  {d['run']:<4}{d['kind']:<12}{d['events_per_s']:>9.0f}{d['seconds']:>7.2f}s{tail:>11}{passes:>8}"
-            f"{d['rss_start_mib']:>8.1f}MiB{d['rss_peak_mib']:>5.1f}MiB"
-        )
-    for kind in ("baseline", "replicator"):
-        v = s[f"{kind}_events_per_s"]
-        print(f"  {kind:<11} events/s median {v['median']:>6.0f} (min {v['min']:.0f}, max {v['max']:.0f})")
-    pair = s["ratio_per_pair"]
-    print(
-        f"  ratio replicator/baseline {s['ratio_of_medians']:.3f} (ratio of medians; per pair {pair['min']:.3f}-"
-        f"{pair['max']:.3f}); target >= {TARGET_RATIO}: {'yes' if s['target_met'] else 'NO'}"
-    )
-    print(
-        f"  peak RSS while draining: baseline {s['baseline_peak_rss_mib']:.1f} MiB, replicator "
-        f"{s['replicator_peak_rss_mib']:.1f} MiB; replicator idle tail {s['replicator_idle_tail_s']['median']:.2f}s "
-        "(not counted)"
-    )
-    if "scale_check" in results:
-        check = results["scale_check"]
-        for d in check["drains"]:
-            print(f"  scale check {d['kind']:<11} N={d['events']:<7} Python heap peak {d['heap_peak_mib']:6.2f} MiB")
-        print(
-            f"  memory bounded (4 x N within 1.5 x the heap peak of N + 1 MiB): {'yes' if check['bounded'] else 'NO'}"
-        )
-    for kind, rows in results.get("profile", {}).items():
-        print(f"  profile of one {kind} drain (cProfile, client side, seconds; rows overlap):")
-        for label, seconds in rows.items():
-            print(f"    {label:<38}{seconds:>7.3f}")
 
 
 def main() -> int:
@@ -513,7 +309,7 @@ def main() -> int:
         parser.error("--events and --runs must be at least 1")
 
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "machine": machine(),
         "events": args.events,
         "batch_size": args.batch_size,
         "runs": args.runs,

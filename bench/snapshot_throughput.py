@@ -20,28 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from bench.replication_throughput import PeakRss, Progress, differences
+from bench.common import Doc, PeakRss, Progress, differences, machine
 from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
-from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
-from shared.replicate import Replicator
+from shared.services import build_services
 from shared.telemetry import ReplicationMetrics
 
 TARGET_RATIO = 0.9
-Doc = dict[str, Any]
 
 
 def load(collection: Collection[Doc], n: int) -> None:
@@ -88,7 +83,7 @@ def copy_replicator(factory: ClientFactory, source_uri: str, target_uri: str, na
     metrics = ReplicationMetrics()
     progress = Progress(n, stop)  # counts documents_copied; reaching N ends the pass (no streaming tail)
     metrics.documents_copied = progress
-    replicator = Replicator(config, factory=factory, clock=SystemClock(), metrics=metrics)
+    replicator = build_services(config, factory=factory, metrics=metrics).replicator
     started = time.perf_counter()
     while progress.reached_at is None:
         replicator.run_pass("bench", stop=stop)
@@ -131,7 +126,7 @@ def main() -> int:
     medians = {kind: statistics.median(values) for kind, values in rates.items()}
     ratio = medians["replicator"] / medians["baseline"]
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "machine": machine(),
         "documents": args.documents,
         "batch_size": args.batch_size,
         "runs": args.runs,

@@ -1,15 +1,16 @@
-"""``verify`` on nx-27017: in sync, planted differences, writes during the check, transforms, bounded memory."""
+"""``verify`` on nx-27017: in sync, planted differences, writes during the check, transforms, bounded memory.
+
+What ``verify_stream`` finds; the command line that prints it (text, JSON, exit codes) is in tests/test_verify_cli.py.
+"""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any, cast
 
 import bson
@@ -24,11 +25,8 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure
 
-from shared.cli import main
 from shared.clock import SystemClock
 from shared.verify import (
-    MAX_EXAMPLES,
-    MAX_ID_CHARS,
     StreamVerification,
     VerifyError,
     VerifyOptions,
@@ -37,7 +35,7 @@ from shared.verify import (
     sample_ids,
     verify_stream,
 )
-from tests.conftest import FakeClock, Harness, write_config
+from tests.conftest import FakeClock, Harness
 
 MODES = ["sample", "all"]
 
@@ -66,23 +64,16 @@ def copied(harness: Harness, n: int = 30) -> None:
 
 
 def verify(harness: Harness, mode: str = "sample", *, clock: Any = None, **options: Any) -> StreamVerification:
-    config = harness.config(**options.pop("stream", {}))
-    replicator = harness.replicator(config)
-    stream = config.streams[0]
+    stream = harness.config(**options.pop("stream", {})).streams[0]
     options.setdefault("recheck_delay", 0.05)
     return verify_stream(
         stream,
-        replicator.collection(stream.source),
-        replicator.collection(stream.estuary),
+        harness.factory.collection(stream.source),
+        harness.factory.collection(stream.estuary),
         options=VerifyOptions(mode=mode, **options),  # type: ignore[arg-type]
         clock=clock or SystemClock(),
         rng=random.Random(7),
     )
-
-
-def config_file(harness: Harness, tmp_path: Path) -> str:
-    checkpoints = {"connection_uri": harness.uri, "database": f"{harness.prefix}_rep"}
-    return str(write_config(tmp_path, {"checkpoints": checkpoints, "streams": [harness.stream()]}))
 
 
 # ---------------------------------------------------------------------------------------------- in sync
@@ -134,19 +125,6 @@ def test_field_order_alone_should_count_as_a_difference(harness):
     harness.source.insert_one({"_id": "a", "x": 1, "y": 2})
     harness.estuary.insert_one({"_id": "a", "y": 2, "x": 1})
     assert verify(harness, "all").differing.examples == ['"a"']
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_count_difference_should_say_which_side_is_bigger(harness, mode, tmp_path, capsys):
-    copied(harness, 10)
-    harness.estuary.delete_many({"_id": {"$in": ["d0001", "d0002"]}})
-    args = ["verify", "--config", config_file(harness, tmp_path), "--recheck-delay", "0"]
-    assert main([*args, *(["--all"] if mode == "all" else [])]) == 1
-    out = capsys.readouterr().out
-    assert "counts     source 10, estuary 8: the source has 2 more" in out
-    missing = next(line for line in out.splitlines() if line.startswith("    missing"))
-    assert missing.startswith("    missing    2 in the source, not in the estuary: ")
-    assert sorted(missing.split(": ")[1].split(", ")) == ['"d0001"', '"d0002"']  # sampled: in random order
 
 
 # ---------------------------------------------------------------------------------------------- writes during the check
@@ -249,7 +227,7 @@ class NoSample:
 
 def test_sampling_should_fall_back_to_a_bounded_reservoir_when_sample_is_refused(harness):
     harness.source.insert_many([doc(i) for i in range(200)])
-    collection = NoSample(harness.replicator().collection(harness.config().streams[0].source))
+    collection = NoSample(harness.factory.collection(harness.config().streams[0].source))
     first, method = sample_ids(cast(Any, collection), 10, batch_size=50, rng=random.Random(1))
     second, _ = sample_ids(cast(Any, collection), 10, batch_size=50, rng=random.Random(2))
     assert method == "scan"
@@ -261,12 +239,11 @@ def test_sampling_should_fall_back_to_a_bounded_reservoir_when_sample_is_refused
 def test_verify_should_still_find_differences_without_sample(harness):
     copied(harness, 50)
     harness.estuary.delete_one({"_id": "d0010"})
-    config = harness.config()
-    stream, replicator = config.streams[0], harness.replicator(config)
+    stream = harness.config().streams[0]
     report = verify_stream(
         stream,
-        cast(Any, NoSample(replicator.collection(stream.source))),
-        cast(Any, NoSample(replicator.collection(stream.estuary))),
+        cast(Any, NoSample(harness.factory.collection(stream.source))),
+        cast(Any, NoSample(harness.factory.collection(stream.estuary))),
         options=VerifyOptions(recheck_delay=0),
         clock=SystemClock(),
     )
@@ -279,55 +256,6 @@ def test_a_small_sample_should_check_about_twice_its_size(harness):
     report = verify(harness, "sample", sample=25)
     assert report.ok
     assert 25 <= report.checked <= 50  # 25 from each side, overlaps counted once
-
-
-# ---------------------------------------------------------------------------------------------- command line
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_cli_should_exit_0_with_one_block_per_stream_when_in_sync(harness, tmp_path, capsys, mode):
-    replicated(harness, 10)
-    args = ["verify", "--config", config_file(harness, tmp_path), *(["--all"] if mode == "all" else [])]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    how = "every document, in _id order" if mode == "all" else "18 random _id(s) of both sides, by $sample"
-    assert f"[ok] orders: in sync ({how})" in out
-    assert "counts     source 9, estuary 9\n" in out
-    assert "missing    0 in the source, not in the estuary\n" in out
-    assert out.rstrip().endswith("all 1 stream(s) in sync")
-
-
-def test_cli_json_should_parse_and_exit_1_with_bounded_examples_and_no_contents(harness, tmp_path, capsys):
-    long_ids = [f"{i:02}-" + "x" * 100 for i in range(30)]
-    harness.source.insert_many([{"_id": i, "card": "4111-1111-1111-1111"} for i in long_ids])
-    path = config_file(harness, tmp_path)
-    assert main(["verify", "--config", path, "--all", "--json", "--recheck-delay", "0.1"]) == 1
-    out = capsys.readouterr().out
-    data = json.loads(out)
-    assert data["ok"] is False
-    (stream,) = data["streams"]
-    assert stream["missing"]["total"] == 30
-    assert len(stream["missing"]["examples"]) == MAX_EXAMPLES
-    assert all(len(e) <= MAX_ID_CHARS and e.endswith("…") for e in stream["missing"]["examples"])
-    assert (stream["source_count"], stream["estuary_count"], stream["rechecked"]) == (30, 0, 30)
-    assert "4111" not in out
-
-
-def test_cli_should_exit_2_for_an_unknown_stream(harness, tmp_path, capsys):
-    assert main(["verify", "--config", config_file(harness, tmp_path), "--stream", "nope"]) == 2
-    assert "no stream named 'nope'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("bad", [{"sample": 0}, {"batch_size": 0}, {"recheck_limit": 0}, {"recheck_delay": -1}])
-def test_options_should_be_refused_before_any_read_when_out_of_range(bad):
-    with pytest.raises(ValueError, match="must be"):
-        VerifyOptions(**bad)
-
-
-def test_cli_should_refuse_sample_together_with_all(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["verify", "--all", "--sample", "5"])
-    assert exc.value.code == 2
 
 
 # ---------------------------------------------------------------------------------------------- bounded memory

@@ -7,6 +7,9 @@ before authentication are refused with 13 (Unauthorized); once the token has exp
 it, a command gets 391 (ReauthenticationRequired) and the connection must authenticate again. Everything else
 is piped to the upstream server. Compression, speculative authentication and exhaust replies are kept out of
 the conversation so that every request has exactly one reply the proxy can see.
+
+This module holds the connection handling and the command line; the token checks and the record of
+authentication attempts are in ``oidc_auth`` (``AuthEvent`` and the error codes are importable from here too).
 """
 
 from __future__ import annotations
@@ -22,24 +25,36 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Literal
-
-import bson
-import jwt
-from bson.errors import BSONError
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import Any
 
 from localdev.standins import wire
+from localdev.standins.oidc_auth import (
+    AUTHENTICATION_FAILED,
+    REAUTHENTICATION_REQUIRED,
+    UNAUTHORIZED,
+    AuthEvent,
+    AuthReason,
+    OIDCAuthenticator,
+    Session,
+    error_reply,
+)
 from localdev.standins.service import Service
+
+__all__ = [
+    "AUTHENTICATION_FAILED",
+    "REAUTHENTICATION_REQUIRED",
+    "UNAUTHORIZED",
+    "UNSUPPORTED_OP_QUERY_COMMAND",
+    "AuthEvent",
+    "AuthReason",
+    "OIDCProxy",
+    "main",
+]
 
 _log = logging.getLogger(__name__)
 
-# Server error codes (src/mongo/base/error_codes.yml).
-UNAUTHORIZED = 13
-AUTHENTICATION_FAILED = 18
+# Server error code (src/mongo/base/error_codes.yml); the authentication ones are in oidc_auth.
 UNSUPPORTED_OP_QUERY_COMMAND = 352
-REAUTHENTICATION_REQUIRED = 391
 
 _HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
 # Commands a real server answers on a connection that has not authenticated. ping is among them on mongod
@@ -51,37 +66,6 @@ _STRIPPED_HELLO_FIELDS = ("compression", "speculativeAuthenticate")
 _CLEARED_REQUEST_FLAGS = wire.CHECKSUM_PRESENT | wire.MORE_TO_COME | wire.EXHAUST_ALLOWED
 # Starting the listener and closing connections are quick; a hang here is a bug, not a reason to block a test.
 _LOOP_CALL_TIMEOUT = 10.0
-
-
-AuthReason = Literal[
-    "ok",
-    "expired",
-    "not yet valid",
-    "audience",
-    "signature",
-    "malformed",
-    "tenant",
-    "principal not registered",
-    "mechanism",
-    "no conversation",
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class AuthEvent:
-    """One authentication attempt: whether it succeeded, why not, and the token's ``oid`` if it was readable."""
-
-    ok: bool
-    reason: AuthReason
-    principal: str | None
-
-
-@dataclasses.dataclass
-class _Session:
-    """Authentication state of one client connection (used only on the proxy's event loop)."""
-
-    principal: str | None = None
-    expires_at: float = 0.0
 
 
 class OIDCProxy(Service):
@@ -103,23 +87,20 @@ class OIDCProxy(Service):
         port: int = 0,
     ) -> None:
         self.upstream = upstream
-        # Parsed now so that a bad key fails here rather than as "malformed" on every authentication.
-        public_key = load_pem_public_key(public_key_pem)
-        if not isinstance(public_key, RSAPublicKey):
-            raise ValueError("public_key_pem must hold an RSA public key (tokens are RS256)")
-        self._public_key = public_key
-        self.audience = audience
-        self.tenant_id = tenant_id
-        self.allowed_principals = None if allowed_principals is None else frozenset(allowed_principals)
+        self._auth = OIDCAuthenticator(
+            public_key_pem=public_key_pem,
+            audience=audience,
+            tenant_id=tenant_id,
+            allowed_principals=allowed_principals,
+            clock=clock,
+        )
         self._clock = clock
         self.address = (host, port)
         self._lock = threading.Lock()
-        self._auth_events: list[AuthEvent] = []
         self._reauth_pending = 0
         self._reauth_commands: frozenset[str] | None = None
         self._reauth_sent = 0
         self._errors_pending: dict[str, tuple[int, str, int]] = {}
-        self._sasl_starts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -134,10 +115,24 @@ class OIDCProxy(Service):
         return f"mongodb://{self.address[0]}:{self.address[1]}/?directConnection=true"
 
     @property
+    def audience(self) -> str:
+        """The ``aud`` a token must name."""
+        return self._auth.audience
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The ``tid`` a token must carry (any when ``None``)."""
+        return self._auth.tenant_id
+
+    @property
+    def allowed_principals(self) -> frozenset[str] | None:
+        """The registered principals (object ids); every principal when ``None``."""
+        return self._auth.allowed_principals
+
+    @property
     def auth_events(self) -> list[AuthEvent]:
         """Every authentication attempt, oldest first (a copy)."""
-        with self._lock:
-            return list(self._auth_events)
+        return self._auth.events
 
     @property
     def reauth_sent(self) -> int:
@@ -148,8 +143,7 @@ class OIDCProxy(Service):
     @property
     def sasl_starts(self) -> int:
         """How many ``saslStart`` commands arrived."""
-        with self._lock:
-            return self._sasl_starts
+        return self._auth.sasl_starts
 
     def inject_reauth(self, count: int = 1, *, commands: Collection[str] | None = None) -> None:
         """Answer the next ``count`` authenticated commands (only those named in ``commands``, if given) with 391.
@@ -225,7 +219,7 @@ class OIDCProxy(Service):
         try:
             upstream = await asyncio.open_connection(*self.upstream)
             upstream_writer = upstream[1]
-            session = _Session()
+            session = Session()
             while True:
                 request = await wire.read_message(reader)
                 reply = await self._dispatch(request, session, upstream)
@@ -243,7 +237,7 @@ class OIDCProxy(Service):
     async def _dispatch(
         self,
         request: wire.Message,
-        session: _Session,
+        session: Session,
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> bytes | None:
         """Answer one client message; ``None`` when the client expects no reply (moreToCome)."""
@@ -270,24 +264,26 @@ class OIDCProxy(Service):
                 stripped = dataclasses.replace(query, query=_strip_hello(query.query))
                 return await _round_trip(upstream, wire.encode_op_query(stripped, request_id=request.request_id))
             # Servers since 5.1 accept OP_QUERY only for the handshake.
-            answer = _error(UNSUPPORTED_OP_QUERY_COMMAND, "UnsupportedOpQueryCommand", "OP_QUERY is for hello only")
+            answer = error_reply(
+                UNSUPPORTED_OP_QUERY_COMMAND, "UnsupportedOpQueryCommand", "OP_QUERY is for hello only"
+            )
             return wire.encode_op_reply(answer, request_id=wire.next_request_id(), response_to=request.request_id)
         raise wire.WireError(f"unsupported opcode {request.op_code}")
 
-    def _check_command(self, name: str, body: Mapping[str, Any], session: _Session) -> dict[str, Any] | None:
+    def _check_command(self, name: str, body: Mapping[str, Any], session: Session) -> dict[str, Any] | None:
         """The proxy's own answer to a command, or ``None`` to forward it."""
         if name == "saslStart":
-            return self._sasl_start(body, session)
+            return self._auth.sasl_start(body, session)
         if name == "saslContinue":
             # Authentication finishes in one step (done: true), so a continuation has nothing to continue.
-            return self._refuse(session, "no conversation", None)
+            return self._auth.refuse(session, "no conversation", None)
         if name in _NO_AUTH_COMMANDS:
             return None
         if session.principal is None:
-            return _error(UNAUTHORIZED, "Unauthorized", f"command {name} requires authentication")
+            return error_reply(UNAUTHORIZED, "Unauthorized", f"command {name} requires authentication")
         if self._reauth_due(name, session):
             session.principal = None
-            return _error(REAUTHENTICATION_REQUIRED, "ReauthenticationRequired", "Reauthentication required")
+            return error_reply(REAUTHENTICATION_REQUIRED, "ReauthenticationRequired", "Reauthentication required")
         return self._injected_error(name)
 
     def _injected_error(self, name: str) -> dict[str, Any] | None:
@@ -299,9 +295,9 @@ class OIDCProxy(Service):
                 del self._errors_pending[name]
             else:
                 self._errors_pending[name] = (code, message, count - 1)
-        return _error(code, "InjectedError", message)
+        return error_reply(code, "InjectedError", message)
 
-    def _reauth_due(self, name: str, session: _Session) -> bool:
+    def _reauth_due(self, name: str, session: Session) -> bool:
         with self._lock:
             injected = self._reauth_pending > 0 and (self._reauth_commands is None or name in self._reauth_commands)
             if injected:
@@ -310,64 +306,6 @@ class OIDCProxy(Service):
             if due:
                 self._reauth_sent += 1
         return due
-
-    def _sasl_start(self, body: Mapping[str, Any], session: _Session) -> dict[str, Any]:
-        with self._lock:
-            self._sasl_starts += 1
-        session.principal = None
-        if body.get("mechanism") != "MONGODB-OIDC" or body.get("$db") != "$external":
-            return self._refuse(session, "mechanism", None)
-        try:
-            token = bson.decode(body["payload"])["jwt"]
-        except (KeyError, TypeError, BSONError):
-            return self._refuse(session, "malformed", None)
-        try:
-            claims = jwt.decode(
-                token,
-                self._public_key,
-                algorithms=["RS256"],
-                # Time and audience are checked below: against the injected clock, and with a precise reason.
-                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
-            )
-        except jwt.InvalidSignatureError:
-            return self._refuse(session, "signature", None)
-        except jwt.PyJWTError:
-            return self._refuse(session, "malformed", None)
-        principal = claims.get("oid")
-        reason = self._claims_problem(claims)
-        if reason is not None:
-            return self._refuse(session, reason, principal)
-        session.principal, session.expires_at = principal, float(claims["exp"])
-        self._record(AuthEvent(ok=True, reason="ok", principal=principal))
-        return {"conversationId": 1, "done": True, "payload": b"", "ok": 1.0}
-
-    def _claims_problem(self, claims: Mapping[str, Any]) -> AuthReason | None:
-        now = self._clock()
-        exp, nbf, audience = claims.get("exp"), claims.get("nbf", now), claims.get("aud")
-        if not isinstance(exp, int | float) or not isinstance(nbf, int | float) or not claims.get("oid"):
-            return "malformed"
-        if exp <= now:
-            return "expired"
-        if nbf > now:
-            return "not yet valid"
-        if self.audience != audience and not (isinstance(audience, list) and self.audience in audience):
-            return "audience"
-        if self.tenant_id is not None and claims.get("tid") != self.tenant_id:
-            return "tenant"
-        if self.allowed_principals is not None and claims["oid"] not in self.allowed_principals:
-            return "principal not registered"
-        return None
-
-    def _refuse(self, session: _Session, reason: AuthReason, principal: str | None) -> dict[str, Any]:
-        session.principal = None
-        self._record(AuthEvent(ok=False, reason=reason, principal=principal))
-        # Like a real server, the client learns nothing about why; the reason is in auth_events and the log.
-        return _error(AUTHENTICATION_FAILED, "AuthenticationFailed", "Authentication failed.")
-
-    def _record(self, event: AuthEvent) -> None:
-        _log.info("MONGODB-OIDC authentication %s (%s) principal=%s", event.ok, event.reason, event.principal)
-        with self._lock:
-            self._auth_events.append(event)
 
 
 async def _close(*writers: asyncio.StreamWriter | None) -> None:
@@ -378,10 +316,6 @@ async def _close(*writers: asyncio.StreamWriter | None) -> None:
     for writer in opened:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-def _error(code: int, code_name: str, message: str) -> dict[str, Any]:
-    return {"ok": 0.0, "errmsg": message, "code": code, "codeName": code_name}
 
 
 def _strip_hello(command: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""What the throughput benchmarks share to measure a run: peak RSS, the progress counter, the data check.
+
+``replication_throughput`` and ``snapshot_throughput`` both time the replicator against a raw pymongo loop on
+nx-27017; these helpers make their figures comparable: the same memory window, the same moment "done" is taken,
+the same estuary-equals-source check and the same machine line.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import Counter
+from opentelemetry.util.types import Attributes
+from pymongo.collection import Collection
+
+MIB = 1024 * 1024
+
+Doc = dict[str, Any]
+
+
+def machine() -> str:
+    """The machine line of a report: architecture, cores and Python, since the figures mean little without it."""
+    return f"{platform.machine()}, {os.cpu_count()} cpu, Python {platform.python_version()}"
+
+
+class PeakRss:
+    """Peak resident set size of this process since ``reset``.
+
+    Linux: ``VmHWM`` from /proc/self/status, reset by writing 5 to /proc/self/clear_refs (exact, and no
+    sampling thread adding load). Elsewhere the process's lifetime peak (``getrusage``).
+    """
+
+    def __init__(self) -> None:
+        self.exact = False
+
+    def reset(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.exact = False
+        else:
+            self.exact = True
+
+    def current_mib(self) -> float:
+        return self._status_kib("VmRSS") / 1024 if self.exact else self._lifetime_peak_mib()
+
+    def peak_mib(self) -> float:
+        return self._status_kib("VmHWM") / 1024 if self.exact else self._lifetime_peak_mib()
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+        return int(match.group(1)) if match else 0
+
+    @staticmethod
+    def _lifetime_peak_mib() -> float:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class Progress(Counter):
+    """Stands in for a replicator instrument (``events_read``, ``documents_copied``): counts, and notes when the count
+    reached N.
+
+    ``Replicator`` adds to it after the estuary and the checkpoint store acknowledged a batch. With ``stop``,
+    reaching N also ends the pass (used when profiling, where the idle tail would only add sleep).
+    """
+
+    def __init__(self, target: int, stop: threading.Event | None = None) -> None:
+        self.target = target
+        self.count = 0
+        self.reached_at: float | None = None
+        self._stop = stop
+
+    def add(self, amount: float, attributes: Attributes = None, context: Context | None = None) -> None:
+        self.count += int(amount)
+        if self.reached_at is None and self.count >= self.target:
+            self.reached_at = time.perf_counter()
+            if self._stop is not None:
+                self._stop.set()
+
+
+def differences(source: Collection[Doc], estuary: Collection[Doc]) -> int:
+    """Documents that differ between the two collections (missing, extra or unequal), by a streaming merge."""
+    ours = iter(source.find({}, sort=[("_id", 1)], batch_size=1000))
+    theirs = iter(estuary.find({}, sort=[("_id", 1)], batch_size=1000))
+    a, b, diff = next(ours, None), next(theirs, None), 0
+    while a is not None or b is not None:
+        if a is not None and b is not None and a["_id"] == b["_id"]:
+            diff += a != b
+            a, b = next(ours, None), next(theirs, None)
+        elif b is None or (a is not None and a["_id"] < b["_id"]):
+            diff, a = diff + 1, next(ours, None)
+        else:
+            diff, b = diff + 1, next(theirs, None)
+    return diff

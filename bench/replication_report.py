@@ -1,0 +1,128 @@
+"""The replication benchmark's record of a drain and its report: the summary, the table and the profile rows.
+
+Apart from the drains themselves (``replication_throughput``) so that what is measured and how it is judged
+against the target read separately.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import statistics
+from dataclasses import dataclass
+from typing import Any, Literal
+
+TARGET_RATIO = 0.9
+
+Kind = Literal["baseline", "replicator"]
+Mode = Literal["timed", "profile", "heap"]
+
+
+@dataclass
+class Drain:
+    """One drain of N events."""
+
+    kind: Kind
+    run: int
+    mode: Mode
+    events: int
+    seconds: float  # until the estuary held all N events
+    events_per_s: float
+    tail_seconds: float = 0.0  # replicator: after the last batch until the pass ended (idle_timeout)
+    passes: int = 0
+    rss_start_mib: float = 0.0
+    rss_peak_mib: float = 0.0
+    heap_peak_mib: float | None = None  # mode "heap": tracemalloc peak during the drain
+    preload_events_per_s: float = 0.0
+
+
+_PROFILE_ROWS = (  # (label, file suffix, function): cumulative seconds in these calls; "" adds to the row above
+    ("change stream reads (try_next)", "pymongo/synchronous/change_stream.py", "try_next"),
+    ("estuary bulk_write", "pymongo/synchronous/collection.py", "bulk_write"),
+    ("checkpoint saves", "shared/position.py", "save"),
+    ("lease acquire + release + status", "shared/position.py", "acquire"),
+    ("", "shared/position.py", "release"),
+    ("", "shared/position.py", "set_status"),
+    ("batch planning (collapse by _id)", "shared/estuary.py", "_plan"),
+    ("metrics (per-event counters)", "shared/replicate/streaming.py", "_count"),
+    ("sleeps (empty polls)", "shared/clock.py", "sleep"),
+    ("socket receive (waiting on servers)", "network_layer.py", "recv_into"),
+)
+
+
+def profile_breakdown(profile: cProfile.Profile) -> dict[str, float]:
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    out = {"total": round(sum(tt for (_c, _n, tt, _ct, _) in stats.values()), 3)}
+    label = ""
+    for name, suffix, func in _PROFILE_ROWS:
+        label = name or label
+        seconds = sum(ct for (f, _l, fn), (_c, _n, _t, ct, _) in stats.items() if fn == func and f.endswith(suffix))
+        out[label] = round(out.get(label, 0.0) + seconds, 3)
+    return out
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def summarise(drains: list[Drain]) -> dict[str, Any]:
+    base = [d for d in drains if d.kind == "baseline"]
+    repl = [d for d in drains if d.kind == "replicator"]
+    pairs = [r.events_per_s / b.events_per_s for b, r in zip(base, repl, strict=True)]
+    ratio = statistics.median(d.events_per_s for d in repl) / statistics.median(d.events_per_s for d in base)
+    return {
+        "baseline_events_per_s": spread([d.events_per_s for d in base]),
+        "replicator_events_per_s": spread([d.events_per_s for d in repl]),
+        "ratio_of_medians": round(ratio, 3),
+        "ratio_per_pair": spread(pairs, 3),
+        "replicator_idle_tail_s": spread([d.tail_seconds for d in repl], 2),
+        "baseline_peak_rss_mib": max(d.rss_peak_mib for d in base),
+        "replicator_peak_rss_mib": max(d.rss_peak_mib for d in repl),
+        "target_met": ratio >= TARGET_RATIO,
+    }
+
+
+def print_report(results: dict[str, Any]) -> None:
+    s = results["summary"]
+    print(f"replication throughput on {results['machine']}")
+    print(
+        f"  {results['events']} events per drain (70% inserts, 20% updates, 10% deletes), batch "
+        f"{results['batch_size']}, {results['runs']} drains of each kind alternating; every estuary equals its source"
+    )
+    print(
+        f"  {'run':<4}{'kind':<12}{'events/s':>9}{'time':>8}{'idle tail':>11}{'passes':>8}{'RSS start':>11}{'peak':>8}"
+    )
+    for d in results["drains"]:
+        tail, passes = (f"{d['tail_seconds']:.2f}s", d["passes"]) if d["kind"] == "replicator" else ("-", "-")
+        print(
+            f"  {d['run']:<4}{d['kind']:<12}{d['events_per_s']:>9.0f}{d['seconds']:>7.2f}s{tail:>11}{passes:>8}"
+            f"{d['rss_start_mib']:>8.1f}MiB{d['rss_peak_mib']:>5.1f}MiB"
+        )
+    for kind in ("baseline", "replicator"):
+        v = s[f"{kind}_events_per_s"]
+        print(f"  {kind:<11} events/s median {v['median']:>6.0f} (min {v['min']:.0f}, max {v['max']:.0f})")
+    pair = s["ratio_per_pair"]
+    print(
+        f"  ratio replicator/baseline {s['ratio_of_medians']:.3f} (ratio of medians; per pair {pair['min']:.3f}-"
+        f"{pair['max']:.3f}); target >= {TARGET_RATIO}: {'yes' if s['target_met'] else 'NO'}"
+    )
+    print(
+        f"  peak RSS while draining: baseline {s['baseline_peak_rss_mib']:.1f} MiB, replicator "
+        f"{s['replicator_peak_rss_mib']:.1f} MiB; replicator idle tail {s['replicator_idle_tail_s']['median']:.2f}s "
+        "(not counted)"
+    )
+    if "scale_check" in results:
+        check = results["scale_check"]
+        for d in check["drains"]:
+            print(f"  scale check {d['kind']:<11} N={d['events']:<7} Python heap peak {d['heap_peak_mib']:6.2f} MiB")
+        print(
+            f"  memory bounded (4 x N within 1.5 x the heap peak of N + 1 MiB): {'yes' if check['bounded'] else 'NO'}"
+        )
+    for kind, rows in results.get("profile", {}).items():
+        print(f"  profile of one {kind} drain (cProfile, client side, seconds; rows overlap):")
+        for label, seconds in rows.items():
+            print(f"    {label:<38}{seconds:>7.3f}")

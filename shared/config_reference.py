@@ -1,4 +1,4 @@
-"""The configuration reference, generated from the pydantic models (docs/configuration.md embeds it; a test keeps it true)."""
+"""The configuration reference, generated from the pydantic models (docs/configuration.md embeds it; tested)."""
 
 from __future__ import annotations
 

@@ -17,30 +17,18 @@ Reports carry totals and at most ``MAX_EXAMPLES`` rendered ``_id`` values per ki
 
 from __future__ import annotations
 
-import calendar
 import hashlib
-import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import bson
-from bson import json_util
-from bson.binary import Binary
-from bson.code import Code
-from bson.datetime_ms import DatetimeMS
-from bson.decimal128 import Decimal128
-from bson.max_key import MaxKey
-from bson.min_key import MinKey
-from bson.objectid import ObjectId
-from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure
 
 from shared.errors import ReplicatorError
 from shared.estuary import transformed
+from shared.id_values import bson_sort_key, id_key, render_id, unique_ids
 from shared.mongo_errors import is_transient
 from shared.telemetry import get_logger
 
@@ -57,7 +45,6 @@ SampleMethod = Literal["$sample", "scan", "all"]  # "scan": reservoir over the _
 
 KINDS: tuple[Kind, ...] = ("missing", "extra", "differing")
 MAX_EXAMPLES = 20  # _ids listed per kind of difference
-MAX_ID_CHARS = 64  # a rendered _id is cut beyond this
 
 _log = get_logger(__name__)
 
@@ -176,7 +163,7 @@ def verify_stream(
         from_estuary, estuary_method = sample_ids(estuary, options.sample, batch_size=options.batch_size, rng=chooser)
         report.sample_method = "scan" if "scan" in (source_method, estuary_method) else "$sample"
         report.sampled = len(from_source) + len(from_estuary)
-        ids = _unique([*from_source, *from_estuary])
+        ids = unique_ids([*from_source, *from_estuary])
         findings = compare_ids(source, estuary, ids, stream.transform, batch_size=options.batch_size)
     for kind, value in findings:
         tally.add(kind, value)
@@ -221,10 +208,10 @@ def compare_ids(
     for start in range(0, len(ids), batch_size):
         chunk = list(ids[start : start + batch_size])
         query = {"_id": {"$in": chunk}}
-        found_source = {_id_key(d["_id"]): d for d in source.find(query, batch_size=batch_size)}
-        found_estuary = {_id_key(d["_id"]): d for d in estuary.find(query, batch_size=batch_size)}
+        found_source = {id_key(d["_id"]): d for d in source.find(query, batch_size=batch_size)}
+        found_estuary = {id_key(d["_id"]): d for d in estuary.find(query, batch_size=batch_size)}
         for value in chunk:
-            key = _id_key(value)
+            key = id_key(value)
             yield classify(found_source.get(key), found_estuary.get(key), transform), value
 
 
@@ -300,7 +287,7 @@ def sample_ids(
     """Up to ``size`` distinct random ``_id`` values: by ``$sample`` when the server has it, else a reservoir."""
     try:
         pipeline = [{"$sample": {"size": size}}, {"$project": {"_id": 1}}]
-        return _unique([d["_id"] for d in collection.aggregate(pipeline, batchSize=batch_size)])[:size], "$sample"
+        return unique_ids([d["_id"] for d in collection.aggregate(pipeline, batchSize=batch_size)])[:size], "$sample"
     except OperationFailure as exc:
         if is_transient(exc):
             raise
@@ -376,68 +363,3 @@ def _wait(clock: Clock, delay: float, *, since: float) -> None:
 
 def _counts(source: Collection[RawBSONDocument], estuary: Collection[RawBSONDocument]) -> tuple[int, int]:
     return source.count_documents({}), estuary.count_documents({})
-
-
-# ---------------------------------------------------------------------------------------------- _id values
-
-
-def render_id(value: Any) -> str:
-    """An ``_id`` as Extended JSON, cut to ``MAX_ID_CHARS``."""
-    text = json_util.dumps(value)
-    return text if len(text) <= MAX_ID_CHARS else text[: MAX_ID_CHARS - 1] + "…"
-
-
-def bson_sort_key(value: Any) -> tuple[Any, ...]:
-    """A key that orders ``_id`` values as MongoDB sorts them: BSON type order, then value (binary strings).
-
-    Raises ``VerifyError`` for types that cannot be an ``_id`` or whose order is not modelled (JavaScript code).
-    """
-    if isinstance(value, MinKey):
-        return (0,)
-    if value is None:
-        return (1,)
-    if isinstance(value, bool):  # before int: bool is an int in Python, not in BSON
-        return (8, value)
-    if isinstance(value, Decimal128):
-        value = value.to_decimal()
-    if isinstance(value, int | float | Decimal):
-        nan = value.is_nan() if isinstance(value, Decimal) else isinstance(value, float) and math.isnan(value)
-        return (2, 0) if nan else (2, 1, value)  # numbers compare by value across types; NaN first
-    if isinstance(value, Code):  # a str subclass with its own BSON type
-        raise VerifyError(f"cannot order an _id of BSON type JavaScript code: {render_id(value)}")
-    if isinstance(value, str):
-        return (3, value)  # code point order is UTF-8 byte order, MongoDB's simple collation
-    if isinstance(value, Mapping):
-        return (4, tuple((bson_sort_key(v)[0], name, bson_sort_key(v)) for name, v in value.items()))
-    if isinstance(value, list | tuple):
-        return (5, tuple(bson_sort_key(v) for v in value))
-    if isinstance(value, bytes):  # Binary is a bytes subclass; plain bytes are subtype 0
-        subtype = value.subtype if isinstance(value, Binary) else 0
-        return (6, len(value), subtype, bytes(value))
-    if isinstance(value, ObjectId):
-        return (7, value.binary)
-    if isinstance(value, datetime | DatetimeMS):
-        return (9, _millis(value))
-    if isinstance(value, Timestamp):
-        return (10, value.time, value.inc)
-    if isinstance(value, MaxKey):
-        return (12,)
-    raise VerifyError(f"cannot order an _id of type {type(value).__name__}: {render_id(value)}")
-
-
-def _millis(value: datetime | DatetimeMS) -> int:
-    if isinstance(value, DatetimeMS):
-        return int(value)
-    return calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000  # naive means UTC
-
-
-def _id_key(value: Any) -> bytes:
-    """An ``_id`` as exact bytes (type included), for matching the documents of a re-read."""
-    return bson.encode({"_id": value})
-
-
-def _unique(values: Sequence[Any]) -> list[Any]:
-    seen: dict[bytes, Any] = {}
-    for value in values:
-        seen.setdefault(_id_key(value), value)
-    return list(seen.values())

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from shared.cli import main
-from shared.verify import MAX_EXAMPLES, MAX_ID_CHARS, VerifyOptions
+from shared.id_values import MAX_ID_CHARS
+from shared.verify import MAX_EXAMPLES, VerifyOptions
 from tests.conftest import Harness, write_config
 from tests.test_verify import MODES, copied, replicated
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import bson
@@ -18,10 +16,7 @@ from shared.config import TransformConfig
 from shared.dead_letters import DeadLetters
 from shared.errors import TransientError
 from shared.estuary import EstuaryWriter
-from shared.position import Checkpoint
 from tests.conftest import Harness
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def raw(doc: dict[str, Any]) -> RawBSONDocument:
@@ -117,14 +112,3 @@ def test_transient_write_failures_should_fail_the_batch_and_park_nothing(harness
     finally:
         client.close()
     assert harness.state.dead_letters.count_documents({}) == 0
-
-
-def test_a_version_1_checkpoint_document_should_still_be_read():
-    doc = json.loads((FIXTURES / "checkpoint_v1.json").read_text())
-    checkpoint = Checkpoint.from_document(doc)
-    assert checkpoint.stream == "orders"
-    assert checkpoint.status == "idle"
-    assert checkpoint.resume_token == {"_data": "8263A1B2C3000000012B022C0100296E5A1004"}
-    assert checkpoint.counters["dead_lettered"] == 10
-    assert checkpoint.gaps[0]["to"] == 1794990600.0
-    assert checkpoint.lease_owner == "a1b2c3d4e5f6:4242:9f8e7d6c"

@@ -138,8 +138,8 @@ class ChangeStreamReader:
             self._stream = None
 
     def _try_next(self) -> RawBSONDocument | None:
-        stream = self._open()
         try:
+            stream = self._open()  # a reopen that fails counts against the bound like a read that fails
             event = stream.try_next()
         except PyMongoError as exc:
             self.close()

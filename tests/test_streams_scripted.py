@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
-from pymongo.errors import AutoReconnect
 
 from shared.auth.mongo_client import ClientFactory
 from shared.config import MongoConfig
@@ -206,12 +205,6 @@ def test_a_dropped_connection_the_driver_cannot_resume_should_be_reopened_from_t
     assert scripted.opened[-1]["resumeAfter"] == T0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AutoReconnect,
-    reason="ChangeStreamReader._open() is outside the reopen bound: the first failed reopen raises the driver's "
-    "error (NotPrimaryError / AutoReconnect) instead of retrying and then raising TransientError",
-)
 @pytest.mark.parametrize(
     "failure",
     [Answer(code=91, message="ShutdownInProgress"), Answer(hangup=True)],

@@ -166,4 +166,6 @@ def _snapshot_event(doc: RawBSONDocument) -> RawBSONDocument:
 
 def _type_bracket(value: Any) -> str:
     """The BSON comparison bracket of a value: numbers compare with each other, other types only with themselves."""
+    if isinstance(value, bool):  # before int: a bool is an int in Python, its own type in BSON
+        return "bool"
     return "number" if isinstance(value, int | float | bson.Int64 | bson.Decimal128) else type(value).__name__

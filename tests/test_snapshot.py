@@ -203,6 +203,12 @@ def test_check_id_types_should_refuse_a_source_mixing_strings_and_numbers(harnes
     assert "initial_sync" in (refused.value.hint or "")
 
 
+def test_check_id_types_should_refuse_a_source_mixing_numbers_and_booleans(harness):
+    harness.source.insert_many([{"_id": 1}, {"_id": 2}, {"_id": True}])  # BSON orders booleans after numbers
+    with pytest.raises(MixedIdTypesError, match=r"mix BSON types \(bool, number\)"):
+        copier_for(harness).check_id_types()
+
+
 @pytest.mark.parametrize(
     "ids",
     [["a", "b", "c"], [1, 2.5, 30]],

@@ -1,12 +1,18 @@
 """The dead-letter collection: events the estuary refused for good, parked with the error and the attempts.
 
-A parked event is ``{_id: {stream, token}, ref, stream, operation, document_key, event, error: {code, message},
-attempts, parked_at}`` in the ``dead_letters`` collection of the checkpoint store's database. It is keyed by
-(stream, event token), so parking the same event again (a batch applied twice, a replay refused again) updates the
-one record: ``error`` and ``parked_at`` are the latest, ``attempts`` adds up, ``event`` stays the change event
-first refused. ``ref`` is a short string derived from ``_id``; records are indexed, found and deleted by it rather
-than by the compound ``_id``, because equality on a sub-document ``_id`` is not answered by every
+A parked event is ``{_id: {stream, token}, ref, stream, operation, document_key, document_key_text, event,
+error: {code, message}, attempts, parked_at, format}`` in the ``dead_letters`` collection of the checkpoint store's
+database. It is keyed by (stream, event token), so parking the same event again (a batch applied twice, a replay
+refused again) updates the one record: ``error`` and ``parked_at`` are the latest, ``attempts`` adds up, ``event``
+stays the change event first refused. ``ref`` is a short string derived from ``_id``; records are indexed, found and
+deleted by it rather than by the compound ``_id``, because equality on a sub-document ``_id`` is not answered by every
 MongoDB-compatible server, while a scalar is, and prints well.
+
+The event and its document key are kept as their exact BSON bytes (``Binary``, format 2): whatever a source
+document holds (any BSON type, ``$``-prefixed or dotted field names), the record stores, on any MongoDB-compatible
+server, and gives it back unchanged; ``document_key_text`` is its Extended JSON for people. An event too large to
+keep in a record (near 16 MB) is parked without its body (``event_omitted`` says why), so parking never stops a
+stream. Records of format 1 (event and key as sub-documents) are still read.
 
 This module is the store (park, count, list, remove, purge); replaying parked events is orchestration and lives
 in ``shared.replicate.replay``.
@@ -21,10 +27,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import bson
-from bson.codec_options import CodecOptions
+from bson import json_util
+from bson.binary import Binary
+from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from shared.mongo_errors import is_transient
+from shared.raw_bson import RAW, raw_document
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -32,11 +42,12 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
 
-_RAW = CodecOptions(document_class=RawBSONDocument)
 # Everything but the event: listing and replaying never load a document's contents.
 _SUMMARY = {"ref": 1, "stream": 1, "operation": 1, "document_key": 1, "error": 1, "attempts": 1, "parked_at": 1}
 # MongoDB quotes the duplicated values in E11000 messages: `... index: email_1 dup key: { email: "a@b.c" }`.
 _DUP_KEY_VALUES = re.compile(r"dup key: \{.*\}", re.DOTALL)
+FORMAT_VERSION = 2
+_KEY_TEXT_CHARS = 200  # of document_key_text
 
 _log = get_logger(__name__)
 
@@ -74,7 +85,7 @@ class ParkedEvent:
             stream=str(ident["stream"]),
             token=ident["token"],
             operation=str(doc.get("operation")),
-            document_key=doc.get("document_key") or {},
+            document_key=_stored_document(doc.get("document_key")),
             error_code=error.get("code"),
             error_message=str(error.get("message", "")),
             attempts=int(doc.get("attempts") or 0),
@@ -92,7 +103,7 @@ class DeadLetters:
     """Parks events the estuary refused for good, and lists, replays and purges them."""
 
     def __init__(self, collection: Collection[Any], *, clock: Clock) -> None:
-        self._collection: Collection[Any] = collection.with_options(codec_options=_RAW)
+        self._collection: Collection[Any] = collection.with_options(codec_options=RAW)
         self._clock = clock
         self._indexed = False
 
@@ -101,24 +112,31 @@ class DeadLetters:
         self._ensure_index()
         token = event["_id"]
         ref = parked_ref(stream, token)
+        record = _record(stream, event)
         update = {
             "$set": {"error": {"code": code, "message": message[:2000]}, "parked_at": self._clock.time()},
             "$inc": {"attempts": attempts},
-            "$setOnInsert": {
-                "_id": {"stream": stream, "token": token},
-                "stream": stream,
-                "operation": event["operationType"],
-                "document_key": event["documentKey"],
-                "event": event,
-            },
+            "$setOnInsert": record,
         }
+        try:
+            self._upsert(ref, update)
+        except (InvalidDocument, OperationFailure) as exc:
+            if isinstance(exc, OperationFailure) and is_transient(exc):
+                raise
+            # Too large to keep with its body (or refused for it): park what identifies it, without the body.
+            record.pop("event", None)
+            record["event_omitted"] = f"{len(event.raw)} bytes: {type(exc).__name__}: {str(exc)[:200]}"
+            _log.warning("stream %s: dead letter %s parked without its event (%s)", stream, ref, type(exc).__name__)
+            self._upsert(ref, update)
+
+    def _upsert(self, ref: str, update: Mapping[str, Any]) -> None:
         try:
             self._collection.update_one({"ref": ref}, update, upsert=True)
         except DuplicateKeyError:
             # The _id exists without this ref: a record parked before refs existed, or one inserted by a worker
             # racing this one. Give it its ref (a no-op in the race) and update it.
             self._collection.update_one(
-                {"_id": {"stream": stream, "token": token}, "ref": {"$exists": False}}, {"$set": {"ref": ref}}
+                {"_id": update["$setOnInsert"]["_id"], "ref": {"$exists": False}}, {"$set": {"ref": ref}}
             )
             self._collection.update_one({"ref": ref}, update, upsert=True)
 
@@ -185,3 +203,41 @@ class DeadLetters:
 
 def _of(stream: str | None) -> dict[str, Any]:
     return {} if stream is None else {"stream": stream}
+
+
+def _record(stream: str, event: RawBSONDocument) -> dict[str, Any]:
+    """What a new record holds besides its error and counts; any part of the event that does not decode is kept as
+    bytes anyway (a dead letter must be parkable whatever the event holds)."""
+    key = _field(event, "documentKey")
+    return {
+        "_id": {"stream": stream, "token": event["_id"]},
+        "stream": stream,
+        "operation": str(_field(event, "operationType")),
+        "document_key": Binary(bson.encode(key)) if key is not None else None,
+        "document_key_text": _text(key),
+        "event": Binary(bytes(event.raw)),
+        "format": FORMAT_VERSION,
+    }
+
+
+def _field(event: RawBSONDocument, name: str) -> Any:
+    try:
+        return event.get(name)
+    except (bson.errors.BSONError, ValueError, OverflowError):
+        return None
+
+
+def _text(key: Any) -> str:
+    if key is None:
+        return "-"
+    try:
+        return json_util.dumps(key, json_options=json_util.RELAXED_JSON_OPTIONS)[:_KEY_TEXT_CHARS]
+    except (bson.errors.BSONError, ValueError, TypeError, OverflowError):
+        return "(not renderable)"
+
+
+def _stored_document(value: Any) -> Mapping[str, Any]:
+    """A stored ``document_key``: exact BSON bytes (format 2) or a sub-document (format 1)."""
+    if isinstance(value, bytes):
+        return raw_document(bytes(value))
+    return value or {}

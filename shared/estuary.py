@@ -12,6 +12,9 @@ the error and the attempts, and the batch goes on. A write failing for a transie
 throttling, re-authentication) fails the whole batch with ``TransientError``: nothing is parked, the pass
 retries it, and the checkpoint does not move until it succeeds. ``write_unordered`` is that policy, for every
 write to the estuary (streaming apply, the snapshot copy, dead-letter replay).
+
+Nothing a source document contains may stop a stream: an event whose write cannot even be built (a field that
+does not decode, a document too large to send) is parked with the reason, and the batch goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import bson
+from bson.errors import BSONError, InvalidDocument
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -37,6 +41,9 @@ if TYPE_CHECKING:
     from shared.dead_letters import Parking
 
 WriteOp = InsertOne[Any] | ReplaceOne[Any] | DeleteOne
+# What one document can raise on the way to a write (its bytes, its fields, its size), as opposed to the server or
+# the network: the document is parked and the batch goes on.
+DOCUMENT_ERRORS = (BSONError, ValueError, TypeError, KeyError, OverflowError)
 _WRITES = frozenset({"insert", "update", "replace"})
 
 _log = get_logger(__name__)
@@ -120,19 +127,33 @@ class EstuaryWriter:
     def _plan(self, events: Sequence[RawBSONDocument], result: ApplyResult) -> list[_Planned]:
         latest: dict[bytes, RawBSONDocument] = {}
         for event in events:
-            key = document_key(event)
+            try:
+                key = document_key(event)
+            except DOCUMENT_ERRORS as exc:
+                self._park_unwritable(event, exc, result)
+                continue
             if key in latest:
                 del latest[key]  # keep the order of last occurrence
                 result.collapsed += 1
             latest[key] = event
         planned = []
         for event in latest.values():
-            op = self._op(event)
+            try:
+                op = self._op(event)
+            except DOCUMENT_ERRORS as exc:
+                self._park_unwritable(event, exc, result)
+                continue
             if op is None:
                 result.skipped += 1
             else:
                 planned.append(_Planned(event, op))
         return planned
+
+    def _park_unwritable(self, event: RawBSONDocument, error: Exception, result: ApplyResult) -> None:
+        """Park an event whose write cannot even be built (its document, not the estuary, is the problem)."""
+        message = f"the change could not be turned into a write: {type(error).__name__}: {error}"
+        self._dead_letters.park(self._stream, event, code=None, message=message, attempts=1)
+        result.dead_lettered += 1
 
     def _op(self, event: RawBSONDocument) -> WriteOp | None:
         kind = event["operationType"]
@@ -158,6 +179,10 @@ def write_unordered(collection: Collection[Any], ops: Sequence[WriteOp]) -> dict
         return {}
     try:
         collection.bulk_write(list(ops), ordered=False)
+    except InvalidDocument as exc:  # refused before sending (too large to encode): find which, one at a time
+        if len(ops) == 1:
+            return {0: Refusal(None, f"{type(exc).__name__}: {exc}")}
+        return {i: refusal for i, op in enumerate(ops) for refusal in write_unordered(collection, [op]).values()}
     except BulkWriteError as exc:
         details = exc.details
         if details.get("writeConcernErrors"):

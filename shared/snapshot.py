@@ -25,16 +25,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import bson
+from bson.binary import Binary
 from bson.raw_bson import RawBSONDocument
 from pymongo import InsertOne, ReplaceOne
 from pymongo.errors import PyMongoError
 
 from shared.errors import ReplicatorError, TransientError
-from shared.estuary import transformed, write_unordered
+from shared.estuary import DOCUMENT_ERRORS, Refusal, transformed, write_unordered
 from shared.mongo_errors import DUPLICATE_KEY, is_transient
+from shared.raw_bson import raw_document
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Sequence
+    from collections.abc import Generator, Mapping, Sequence
 
     from pymongo.collection import Collection
 
@@ -129,15 +131,20 @@ class SnapshotCopier:
 
     def _write(self, docs: Sequence[RawBSONDocument]) -> int:
         """Insert the batch; what exists already is replaced; what is refused is parked. Returns parked count."""
-        documents = [transformed(doc, self._transform) for doc in docs]
-        refused = write_unordered(self._estuary, [InsertOne(document) for document in documents])
-        existing = [index for index, refusal in refused.items() if refusal.code == DUPLICATE_KEY]
-        for index in existing:
-            del refused[index]
+        refused: dict[int, Refusal] = {}
+        prepared: list[tuple[int, Mapping[str, Any]]] = []
+        for index, doc in enumerate(docs):
+            try:
+                prepared.append((index, transformed(doc, self._transform)))
+            except DOCUMENT_ERRORS as exc:  # this document, not the estuary: park it, copy the rest
+                refused[index] = Refusal(None, f"the document could not be turned into a write: {exc!r}")
+        inserted = write_unordered(self._estuary, [InsertOne(document) for _, document in prepared])
+        existing = [prepared[j] for j, refusal in inserted.items() if refusal.code == DUPLICATE_KEY]
+        refused |= {prepared[j][0]: refusal for j, refusal in inserted.items() if refusal.code != DUPLICATE_KEY}
         if existing:
-            ops = [ReplaceOne({"_id": docs[i]["_id"]}, documents[i], upsert=True) for i in existing]
-            refused.update({existing[j]: refusal for j, refusal in write_unordered(self._estuary, ops).items()})
-        for index, refusal in refused.items():
+            ops = [ReplaceOne({"_id": docs[index]["_id"]}, document, upsert=True) for index, document in existing]
+            refused |= {existing[j][0]: refusal for j, refusal in write_unordered(self._estuary, ops).items()}
+        for index, refusal in sorted(refused.items()):
             self._dead_letters.park(
                 self._stream, _snapshot_event(docs[index]), code=refusal.code, message=refusal.message, attempts=1
             )
@@ -154,14 +161,15 @@ class SnapshotCopier:
 
 
 def _snapshot_event(doc: RawBSONDocument) -> RawBSONDocument:
-    """A change-event-shaped record of a refused copy, so dead letters look the same whatever refused them."""
+    """A change-event-shaped record of a refused copy, so dead letters look the same whatever refused them; its
+    token holds the ``_id`` as BSON bytes, which any store keeps whatever the ``_id``'s type."""
     event = {
-        "_id": {"snapshot": doc["_id"]},
+        "_id": {"snapshot": Binary(bson.encode({"_id": doc["_id"]}))},
         "operationType": "snapshot",
         "documentKey": {"_id": doc["_id"]},
         "fullDocument": doc,
     }
-    return RawBSONDocument(bson.encode(event))
+    return raw_document(event)
 
 
 def _type_bracket(value: Any) -> str:

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import bson
 import pytest
 
 from localdev.standins.nx import NxServer
@@ -155,10 +156,11 @@ def test_a_document_the_estuary_refuses_should_be_dead_lettered_and_the_stream_s
     assert result.applied == 2
     parked = list(harness.state.dead_letters.find())
     assert len(parked) == 1
-    assert parked[0]["document_key"] == {"_id": "b"}
+    assert bson.decode(parked[0]["document_key"]) == {"_id": "b"}
+    assert parked[0]["document_key_text"] == '{"_id": "b"}'
     assert parked[0]["error"]["code"] == 11000
     assert parked[0]["attempts"] == 3
-    assert parked[0]["event"]["fullDocument"] == {"_id": "b", "email": "x@y"}
+    assert bson.decode(parked[0]["event"])["fullDocument"] == {"_id": "b", "email": "x@y"}
     harness.source.insert_one({"_id": "d", "email": "w"})  # the stream goes on
     assert replicator.run_pass("orders").applied == 1
     assert sorted(d["_id"] for d in harness.estuary.find()) == ["a", "c", "d"]

@@ -15,8 +15,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from bson.codec_options import CodecOptions
-from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.monitoring import (
     ConnectionCheckedInEvent,
@@ -38,9 +36,11 @@ from shared.auth.credentials import TokenSource, select_token_source
 from shared.auth.oidc import EntraOIDCCallback
 from shared.auth.tokens import RetryPolicy, TokenProvider
 from shared.clock import Clock, SystemClock
+from shared.raw_bson import RAW
 from shared.telemetry import AuthMetrics, get_logger
 
 if TYPE_CHECKING:
+    from bson.raw_bson import RawBSONDocument
     from pymongo.collection import Collection
 
     from shared.config import MongoConfig
@@ -63,7 +63,6 @@ _DOCUMENTDB_OPTIONS: tuple[tuple[tuple[str, ...], str, object], ...] = (
 warnings.filterwarnings("ignore", message="You appear to be connected to a CosmosDB cluster", category=UserWarning)
 
 SourceFactory = Callable[..., TokenSource]
-_RAW = CodecOptions(document_class=RawBSONDocument)
 
 _log = get_logger(__name__)
 
@@ -113,7 +112,7 @@ class ClientFactory:
         re-encoded on their way through)."""
         database = self.client(config)[config.database or ""]
         # pymongo's stubs type a collection by the client's document class, not by the codec options given here.
-        raw: Collection[RawBSONDocument] = database.get_collection(config.collection or "", codec_options=_RAW)  # type: ignore[assignment]
+        raw: Collection[RawBSONDocument] = database.get_collection(config.collection or "", codec_options=RAW)  # type: ignore[assignment]
         return raw
 
     def token_provider(self, config: MongoConfig) -> TokenProvider:

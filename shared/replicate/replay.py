@@ -13,11 +13,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import bson
 from bson.raw_bson import RawBSONDocument
 
 from shared.estuary import EstuaryWriter, document_key
 from shared.position import hold_lease
+from shared.raw_bson import raw_document
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -170,5 +170,5 @@ def _current_events(source: Collection[RawBSONDocument], batch: Sequence[ParkedE
             body["operationType"] = "delete"
         else:
             body["operationType"], body["fullDocument"] = "replace", current
-        events.append(RawBSONDocument(bson.encode(body)))
+        events.append(raw_document(body))
     return events

@@ -252,12 +252,36 @@ class StreamConfig(BaseModel):
         "status, or 'ignore' the event and follow the collection by name.",
     )
     transform: TransformConfig | None = Field(None, description="Optional field mapping (rename, drop).")
+    fencing: Literal["auto", "transaction", "deadline"] = Field(
+        "auto",
+        description="How the estuary refuses writes of a worker that no longer holds the stream: 'transaction' (each "
+        "write checks the stream's fence in a transaction; needs a replica set, mongos or DocumentDB), 'deadline' "
+        "(each write bounded by the lease left; for a standalone server, with a residual risk: see docs), 'auto' "
+        "(transactions when the estuary can run them).",
+    )
+    write_timeout: Duration | None = Field(
+        None,
+        description="Upper bound of one estuary write or transaction (client deadline and maxTimeMS); at most half "
+        "of lease_duration. Default: a third of lease_duration.",
+    )
 
     @model_validator(mode="after")
     def _timing(self) -> StreamConfig:
+        problems = []
         if self.lease_duration < 2 * self.poll_interval:
-            raise FieldProblems([("lease_duration", "must be at least twice poll_interval (checkpoints renew it)")])
+            problems.append(("lease_duration", "must be at least twice poll_interval (checkpoints renew it)"))
+        if self.write_timeout is not None and self.write_timeout > self.lease_duration / 2:
+            problems.append(
+                ("write_timeout", "must be at most half of lease_duration (a write must end well before the lease)")
+            )
+        if problems:
+            raise FieldProblems(problems)
         return self
+
+    @property
+    def estuary_write_timeout(self) -> float:
+        """``write_timeout``, or its default: a third of ``lease_duration``."""
+        return self.write_timeout or self.lease_duration / 3
 
     @field_validator("pipeline")
     @classmethod

@@ -20,14 +20,14 @@ does not decode, a document too large to send) is parked with the reason, and th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.errors import BSONError, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, InsertOne, ReplaceOne
+from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.errors import TransientError
@@ -40,13 +40,16 @@ if TYPE_CHECKING:
     from shared.config import TransformConfig
     from shared.dead_letters import Parking
 
-WriteOp = InsertOne[Any] | ReplaceOne[Any] | DeleteOne
+WriteOp = InsertOne[Any] | ReplaceOne[Any] | DeleteOne | DeleteMany
 # What one document can raise on the way to a write (its bytes, its fields, its size), as opposed to the server or
 # the network: the document is parked and the batch goes on.
 DOCUMENT_ERRORS = (BSONError, ValueError, TypeError, KeyError, OverflowError)
 _WRITES = frozenset({"insert", "update", "replace"})
 
 _log = get_logger(__name__)
+
+
+Writes = Callable[[Sequence[WriteOp]], dict[int, "Refusal"]]  # writes a bulk; the refused writes by index
 
 
 @dataclass
@@ -74,18 +77,19 @@ class _Planned:
 
 
 class EstuaryWriter:
-    """Applies batches of change events to one estuary collection."""
+    """Applies batches of change events to one estuary collection, through ``write`` (the estuary fence's ``write``,
+    or ``write_unordered`` bound to the collection where nothing needs fencing)."""
 
     def __init__(
         self,
-        collection: Collection[Any],
+        write: Writes,
         dead_letters: Parking,
         *,
         stream: str,
         max_attempts: int,
         transform: TransformConfig | None = None,
     ) -> None:
-        self._collection = collection
+        self._write = write
         self._dead_letters = dead_letters
         self._stream = stream
         self._max_attempts = max_attempts
@@ -95,7 +99,7 @@ class EstuaryWriter:
         """Write the batch; returns only when every event is applied, skipped or parked."""
         result = ApplyResult()
         planned = self._plan(events, result)
-        failures = write_unordered(self._collection, [p.op for p in planned])
+        failures = self._write([p.op for p in planned])
         attempts = 1
         while failures and attempts < self._max_attempts:
             _log.warning(
@@ -108,7 +112,7 @@ class EstuaryWriter:
             )
             attempts += 1
             indexes = sorted(failures)
-            again = write_unordered(self._collection, [planned[i].op for i in indexes])
+            again = self._write([planned[i].op for i in indexes])
             failures = {indexes[j]: refusal for j, refusal in again.items()}
         for index, refusal in failures.items():
             self._dead_letters.park(
@@ -184,18 +188,23 @@ def write_unordered(collection: Collection[Any], ops: Sequence[WriteOp]) -> dict
             return {0: Refusal(None, f"{type(exc).__name__}: {exc}")}
         return {i: refusal for i, op in enumerate(ops) for refusal in write_unordered(collection, [op]).values()}
     except BulkWriteError as exc:
-        details = exc.details
-        if details.get("writeConcernErrors"):
-            raise TransientError(f"estuary write concern failed: {details['writeConcernErrors'][0]}") from exc
-        refused = {e["index"]: Refusal(e.get("code"), str(e.get("errmsg", ""))) for e in details.get("writeErrors", [])}
-        if any(is_transient_code(refusal.code) for refusal in refused.values()):
-            raise TransientError("estuary refused writes for a transient reason (throttling, election)") from exc
-        return refused
+        return refusals(exc)
     except PyMongoError as exc:
         if is_transient(exc):
             raise TransientError(f"estuary write failed: {type(exc).__name__}: {exc}") from exc
         raise
     return {}
+
+
+def refusals(error: BulkWriteError) -> dict[int, Refusal]:
+    """The documents a bulk write refused for good, by index; ``TransientError`` when any failure is transient."""
+    details = error.details
+    if details.get("writeConcernErrors"):
+        raise TransientError(f"estuary write concern failed: {details['writeConcernErrors'][0]}") from error
+    refused = {e["index"]: Refusal(e.get("code"), str(e.get("errmsg", ""))) for e in details.get("writeErrors", [])}
+    if any(is_transient_code(refusal.code) for refusal in refused.values()):
+        raise TransientError("estuary refused writes for a transient reason (throttling, election)") from error
+    return refused
 
 
 def transformed(document: RawBSONDocument, transform: TransformConfig | None) -> Mapping[str, Any]:

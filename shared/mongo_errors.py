@@ -31,6 +31,11 @@ UNAUTHORIZED = 13
 AUTHENTICATION_FAILED = 18
 # A unique index refused a write: the snapshot copy replaces documents the estuary already has.
 DUPLICATE_KEY = 11000
+# A server that cannot run a multi-document transaction: a standalone ("Transaction numbers are only allowed on a
+# replica set member or mongos"), or an operation a transaction does not allow.
+ILLEGAL_OPERATION = 20
+OPERATION_NOT_SUPPORTED_IN_TRANSACTION = 263
+_NO_TRANSACTION_CODES = frozenset({ILLEGAL_OPERATION, OPERATION_NOT_SUPPORTED_IN_TRANSACTION})
 
 # The saved resume token no longer resumes: the change log moved past it or it is not a valid token.
 CHANGE_STREAM_HISTORY_LOST = 286
@@ -94,6 +99,13 @@ def is_transient(error: BaseException) -> bool:
 def is_transient_code(code: int | None) -> bool:
     """For one write error inside a bulk result (which carries a code, not an exception)."""
     return code in _TRANSIENT_CODES
+
+
+def transactions_unsupported(error: BaseException) -> bool:
+    """Whether the server refused to run a transaction at all (rather than failing one)."""
+    return isinstance(error, OperationFailure) and (
+        error.code in _NO_TRANSACTION_CODES or "transaction numbers are only allowed" in str(error).lower()
+    )
 
 
 _REGISTER_DOCS = "https://learn.microsoft.com/azure/documentdb/how-to-connect-role-based-access-control"

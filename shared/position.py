@@ -17,9 +17,6 @@ Documents carry ``schema`` (currently 1); ``Checkpoint.from_document`` reads eve
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from shared.errors import ReplicatorError
+from shared.lease import Lease, LeaseLostError, owner_id
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -43,20 +40,6 @@ StreamStatus = Literal["new", "running", "idle", "retrying", "stopped", "failed"
 # its progress in ``snapshot`` (a ``CopyProgress``).
 Phase = Literal["streaming", "copying"]
 _MAX_GAPS_KEPT = 100
-
-
-class LeaseLostError(ReplicatorError):
-    """Another worker took this stream over; this one must stop writing (its work is replayed idempotently)."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Proof of ownership of a stream for one pass; every checkpoint write is conditional on it."""
-
-    stream: str
-    owner: str
-    epoch: int
-    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -204,6 +187,12 @@ class CheckpointStore:
         self._fenced(lease, update)
         return Lease(lease.stream, lease.owner, lease.epoch, now + duration)
 
+    def renew(self, lease: Lease, *, duration: float) -> Lease:
+        """Extend the lease without moving anything else (a write is about to start with little of it left)."""
+        now = self._clock.time()
+        self._fenced(lease, {"$set": {"lease.expires_at": now + duration}})
+        return Lease(lease.stream, lease.owner, lease.epoch, now + duration)
+
     def set_status(
         self,
         lease: Lease,
@@ -304,13 +293,6 @@ class CheckpointStore:
     def _fenced(self, lease: Lease, update: Mapping[str, Any]) -> None:
         if self._collection.update_one(_fence(lease), update).matched_count == 0:
             raise _lease_lost(lease)
-
-
-def owner_id(role: str) -> str:
-    """A lease owner id unique to one holder: who (a pass, a replay, a reset) and where, so ``status`` helps an
-    operator find it (the Functions instance id when there is one, else the host name)."""
-    host = os.environ.get("WEBSITE_INSTANCE_ID", "")[:12] or socket.gethostname()
-    return f"{role}@{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import bson
 from bson.binary import Binary
 from bson.raw_bson import RawBSONDocument
-from pymongo import InsertOne, ReplaceOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.errors import PyMongoError
 
 from shared.errors import ReplicatorError, TransientError
-from shared.estuary import DOCUMENT_ERRORS, Refusal, transformed, write_unordered
+from shared.estuary import DOCUMENT_ERRORS, Refusal, transformed
 from shared.mongo_errors import DUPLICATE_KEY, is_transient
 from shared.raw_bson import raw_document
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from shared.config import TransformConfig
     from shared.dead_letters import Parking
+    from shared.estuary import Writes
 
 
 class MixedIdTypesError(ReplicatorError):
@@ -69,12 +70,14 @@ class SnapshotCopier:
         estuary: Collection[Any],
         dead_letters: Parking,
         *,
+        write: Writes,
         stream: str,
         transform: TransformConfig | None,
         batch_size: int,
     ) -> None:
         self._source = source
-        self._estuary = estuary
+        self._estuary = estuary  # read only: every write goes through ``write`` (the estuary fence)
+        self._write_ops = write
         self._dead_letters = dead_letters
         self._stream = stream
         self._transform = transform
@@ -138,12 +141,12 @@ class SnapshotCopier:
                 prepared.append((index, transformed(doc, self._transform)))
             except DOCUMENT_ERRORS as exc:  # this document, not the estuary: park it, copy the rest
                 refused[index] = Refusal(None, f"the document could not be turned into a write: {exc!r}")
-        inserted = write_unordered(self._estuary, [InsertOne(document) for _, document in prepared])
+        inserted = self._write_ops([InsertOne(document) for _, document in prepared])
         existing = [prepared[j] for j, refusal in inserted.items() if refusal.code == DUPLICATE_KEY]
         refused |= {prepared[j][0]: refusal for j, refusal in inserted.items() if refusal.code != DUPLICATE_KEY}
         if existing:
             ops = [ReplaceOne({"_id": docs[index]["_id"]}, document, upsert=True) for index, document in existing]
-            refused |= {existing[j][0]: refusal for j, refusal in write_unordered(self._estuary, ops).items()}
+            refused |= {existing[j][0]: refusal for j, refusal in self._write_ops(ops).items()}
         for index, refusal in sorted(refused.items()):
             self._dead_letters.park(
                 self._stream, _snapshot_event(docs[index]), code=refusal.code, message=refusal.message, attempts=1
@@ -157,7 +160,9 @@ class SnapshotCopier:
             condition["$gt"] = after
         if not done:
             condition["$lte"] = last
-        return int(self._estuary.delete_many({"_id": condition}).deleted_count)
+        extras = [doc["_id"] for doc in self._estuary.find({"_id": condition}, {"_id": 1})]
+        refused = self._write_ops([DeleteOne({"_id": value}) for value in extras])
+        return len(extras) - len(refused)
 
 
 def _snapshot_event(doc: RawBSONDocument) -> RawBSONDocument:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -220,21 +220,28 @@ def test_replay_should_stop_before_its_lease_could_run_out(harness):
     stream = services.config.stream("orders")
 
     class LateClock(SystemClock):
-        """The real time for the first batch, then far beyond the lease."""
+        """The real time until the first batch is replayed, then far beyond the lease."""
 
-        calls = 0
+        late = False
 
         def time(self) -> float:
-            self.calls += 1
-            return super().time() + (0 if self.calls == 1 else 10_000)
+            return super().time() + (10_000 if self.late else 0)
+
+    clock = LateClock()
+
+    class FirstBatchDone(DeadLetters):
+        def remove(self, refs: Iterable[str]) -> int:
+            removed = super().remove(refs)
+            clock.late = True
+            return removed
 
     result = replay(
         stream,
-        dead_letters=services.dead_letters,
+        dead_letters=FirstBatchDone(harness.state.dead_letters, clock=SystemClock()),
         checkpoints=services.checkpoints,
         source=services.clients.collection(stream.source),
         estuary=services.clients.collection(stream.estuary),
-        clock=LateClock(),
+        clock=clock,
         batch_size=1,
     )
     assert (result.outcome, result.replayed, result.remaining) == ("lease_expiring", 1, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import bson
@@ -15,7 +16,7 @@ from shared.clock import SystemClock
 from shared.config import TransformConfig
 from shared.dead_letters import DeadLetters
 from shared.errors import TransientError
-from shared.estuary import EstuaryWriter
+from shared.estuary import EstuaryWriter, write_unordered
 from tests.conftest import Harness
 
 
@@ -32,7 +33,7 @@ def change(token: int, kind: str, _id: str, document: dict[str, Any] | None = No
 
 def writer_for(harness: Harness, **kwargs: Any) -> EstuaryWriter:
     return EstuaryWriter(
-        harness.estuary,
+        partial(write_unordered, harness.estuary),
         DeadLetters(harness.state.dead_letters, clock=SystemClock()),
         stream="orders",
         max_attempts=3,
@@ -102,7 +103,7 @@ def test_transient_write_failures_should_fail_the_batch_and_park_nothing(harness
     client: MongoClient[dict[str, Any]] = MongoClient(throttling_estuary.uri, directConnection=True, retryWrites=False)
     try:
         writer = EstuaryWriter(
-            client.db.orders,
+            partial(write_unordered, client.db.orders),
             DeadLetters(harness.state.dead_letters, clock=SystemClock()),
             stream="orders",
             max_attempts=3,

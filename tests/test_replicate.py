@@ -15,7 +15,8 @@ from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
 from shared.errors import ConfigError
-from shared.position import CheckpointStore, Lease
+from shared.lease import Lease
+from shared.position import CheckpointStore
 from shared.replicate import Replicator
 from shared.services import build_services
 from tests.conftest import Harness, Metrics, stack_config, wait_until

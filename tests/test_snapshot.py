@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import bson
@@ -16,6 +17,7 @@ from shared.clock import SystemClock
 from shared.config import MongoConfig, TransformConfig
 from shared.dead_letters import DeadLetters
 from shared.errors import TransientError
+from shared.estuary import write_unordered
 from shared.snapshot import CopyBatch, MixedIdTypesError, SnapshotCopier
 from tests.conftest import Harness
 
@@ -38,6 +40,7 @@ def copier_for(
         source,
         raw_estuary if estuary is None else estuary,
         DeadLetters(harness.state.dead_letters, clock=SystemClock()),
+        write=partial(write_unordered, raw_estuary if estuary is None else estuary),
         stream="orders",
         transform=transform,
         batch_size=batch_size,

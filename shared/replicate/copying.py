@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from shared.clock import Clock
     from shared.config import StreamConfig
     from shared.dead_letters import Parking
-    from shared.position import CheckpointStore, CopyProgress, Lease
+    from shared.estuary import Writes
+    from shared.lease import HeldLease, Lease
+    from shared.position import CheckpointStore, CopyProgress
     from shared.replicate.outcome import PassResult, PassTimer
     from shared.telemetry import ReplicationMetrics
 
@@ -56,9 +58,10 @@ class Copy:
         *,
         source: Collection[RawBSONDocument],
         estuary: Collection[Any],
+        write: Writes,
         dead_letters: Parking,
         checkpoints: CheckpointStore,
-        lease: Lease,
+        held: HeldLease,
         clock: Clock,
         metrics: ReplicationMetrics,
         result: PassResult,
@@ -66,7 +69,7 @@ class Copy:
         self._stream = stream
         self._source = source
         self._checkpoints = checkpoints
-        self._lease = lease
+        self._held = held
         self._clock = clock
         self._metrics = metrics
         self._result = result
@@ -75,6 +78,7 @@ class Copy:
             source,
             estuary,
             dead_letters,
+            write=write,
             stream=stream.name,
             transform=stream.transform,
             batch_size=stream.batch_size,
@@ -94,7 +98,7 @@ class Copy:
         done = retry_transient(lambda: self._copy(timer), what="copy", stream=self._stream.name, clock=self._clock)
         if not done:
             return None
-        self._checkpoints.finish_copy(self._lease, handoff_token=handoff)
+        self._checkpoints.finish_copy(self._held.lease, handoff_token=handoff)
         _log.warning(
             "stream %s: copy finished (%d documents this pass); streaming changes from the hand-off point",
             self._stream.name,
@@ -117,7 +121,7 @@ class Copy:
             capture.close()
         estuary_was_empty = self._copier.estuary_is_empty()
         self._checkpoints.start_copy(
-            self._lease,
+            self._held.lease,
             handoff_token=handoff,
             total_estimate=self._copier.estimate(),
             estuary_was_empty=estuary_was_empty,
@@ -141,9 +145,10 @@ class Copy:
         """Save one copied batch's position (after the estuary acknowledged it) and count it."""
         if batch.copied:
             self._last_id = batch.last_id
-        self._checkpoints.save_copy_progress(
-            self._lease, last_id=self._last_id, copied=batch.copied, duration=self._stream.lease_duration
+        renewed = self._checkpoints.save_copy_progress(
+            self._held.lease, last_id=self._last_id, copied=batch.copied, duration=self._stream.lease_duration
         )
+        self._held.renewed(renewed)
         self._result.copied += batch.copied
         self._result.dead_lettered += batch.dead_lettered
         self._metrics.documents_copied.add(batch.copied, self._attributes)

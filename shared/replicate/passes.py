@@ -25,8 +25,10 @@ from pymongo.errors import PyMongoError
 
 from shared.errors import ReplicatorError
 from shared.estuary import EstuaryWriter
+from shared.fence import EstuaryFence
+from shared.lease import HeldLease, LeaseLostError
 from shared.mongo_errors import explain
-from shared.position import CopyProgress, LeaseLostError, hold_lease
+from shared.position import CopyProgress, hold_lease
 from shared.replicate.copying import Copy, begin_copy
 from shared.replicate.outcome import PassResult, PassTimer, StreamHaltedError
 from shared.replicate.streaming import Streamer
@@ -127,7 +129,8 @@ class _Pass:
         stop: threading.Event,
     ) -> None:
         self._stream = stream
-        self._lease, self._checkpoint = held
+        self._checkpoint = held.checkpoint
+        self._held = HeldLease(held.lease, clock=clock)
         self._checkpoints = checkpoints
         self._dead_letters = dead_letters
         self._source = source
@@ -138,6 +141,14 @@ class _Pass:
         self._attributes = {"stream": stream.name}
         self._started = clock.monotonic()
         self._result = PassResult(stream.name, "idle")
+        self._fence = EstuaryFence(
+            estuary,
+            stream=stream.name,
+            held=self._held,
+            mode=stream.fencing,
+            write_timeout=stream.estuary_write_timeout,
+            clock=clock,
+        )
 
     def run(self) -> PassResult:
         checkpoint = self._checkpoint
@@ -164,21 +175,21 @@ class _Pass:
         try:
             outcome = self._phases(streamer)
         except StreamHaltedError as halt:
-            self._checkpoints.set_status(self._lease, halt.status, error=halt.error)
+            self._checkpoints.set_status(self._held.lease, halt.status, error=halt.error)
             return halt.status, halt.message
-        self._checkpoints.set_status(self._lease, "idle", extra=self._rate_fields(streamer.bytes_read))
+        self._checkpoints.set_status(self._held.lease, "idle", extra=self._rate_fields(streamer.bytes_read))
         return outcome, None
 
     def _phases(self, streamer: Streamer) -> TimeOutcome:
         """Copy when a copy is due (resuming one under way), then stream; recover from a lost token by policy."""
         checkpoint = self._checkpoint
-        self._checkpoints.set_status(self._lease, "running")
+        self._checkpoints.set_status(self._held.lease, "running")
         timer = PassTimer(
             self._clock, budget=self._stream.time_budget, idle_timeout=self._stream.idle_timeout, stop=self._stop
         )
         copying = (checkpoint.snapshot or CopyProgress(reason="")) if checkpoint.phase == "copying" else None
         if self._stream.initial_sync and checkpoint.status == "new" and checkpoint.resume_token is None:
-            copying = begin_copy(self._checkpoints, self._lease, stream=self._stream.name, reason="initial_sync")
+            copying = begin_copy(self._checkpoints, self._held.lease, stream=self._stream.name, reason="initial_sync")
         while True:
             if copying is not None:
                 handoff = self._copy().run(copying, timer)
@@ -207,11 +218,13 @@ class _Pass:
                 extra=log_extra,
             )
             self._checkpoints.set_status(
-                self._lease, "running", error={"message": exc.message, "recovery": "resnapshot"}
+                self._held.lease, "running", error={"message": exc.message, "recovery": "resnapshot"}
             )
-            return begin_copy(self._checkpoints, self._lease, stream=name, reason=f"resnapshot after: {exc.message}")
+            return begin_copy(
+                self._checkpoints, self._held.lease, stream=name, reason=f"resnapshot after: {exc.message}"
+            )
         since = self._checkpoint.last_event_at or self._checkpoint.updated_at
-        self._checkpoints.record_gap(self._lease, since=since, reason=exc.message)
+        self._checkpoints.record_gap(self._held.lease, since=since, reason=exc.message)
         self._metrics.gaps.add(1, self._attributes)
         _log.error(
             "stream %s: %s; continuing from now (on_history_lost: start_now), gap recorded",
@@ -227,14 +240,14 @@ class _Pass:
             self._stream,
             source=self._source,
             writer=EstuaryWriter(
-                self._estuary,
+                self._fence.write,
                 self._dead_letters,
                 stream=self._stream.name,
                 max_attempts=self._stream.max_apply_attempts,
                 transform=self._stream.transform,
             ),
             checkpoints=self._checkpoints,
-            lease=self._lease,
+            held=self._held,
             clock=self._clock,
             metrics=self._metrics,
             result=self._result,
@@ -247,9 +260,10 @@ class _Pass:
             self._stream,
             source=self._source,
             estuary=self._estuary,
+            write=self._fence.write,
             dead_letters=self._dead_letters,
             checkpoints=self._checkpoints,
-            lease=self._lease,
+            held=self._held,
             clock=self._clock,
             metrics=self._metrics,
             result=self._result,
@@ -271,7 +285,7 @@ class _Pass:
         )
         try:
             self._checkpoints.set_status(
-                self._lease, "retrying", error={"message": message, "type": type(exc).__name__}
+                self._held.lease, "retrying", error={"message": message, "type": type(exc).__name__}
             )
         except (PyMongoError, ReplicatorError) as record_error:  # best effort: the original error matters
             _log.warning("stream %s: could not record the failure: %s", self._stream.name, record_error)

@@ -4,7 +4,8 @@ A parked event's post-image may be older than what the estuary has received sinc
 replay writes the document as the source has it now (or deletes it when the source no longer has it), through
 the same ``EstuaryWriter`` as a pass, while holding the stream's lease so that no pass writes at the same time.
 A record is removed only after the estuary acknowledged its write; a write refused again stays parked (its
-attempts grow). A stream with a pipeline is not replayed: the current document would bypass its filter.
+attempts grow). The replay claims the stream's estuary fence like a pass does, and writes through it. A stream
+with a pipeline is not replayed: the current document would bypass its filter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from bson.raw_bson import RawBSONDocument
 
 from shared.estuary import EstuaryWriter, document_key
+from shared.fence import EstuaryFence
+from shared.lease import HeldLease
 from shared.position import hold_lease
 from shared.raw_bson import raw_document
 from shared.telemetry import get_logger
@@ -82,9 +85,21 @@ def replay(
             result.detail = f"a pass of stream {stream.name} is running; try again when it ends"
             return result
         deadline = held.lease.expires_at - stream.lease_duration * _LEASE_MARGIN
+        fence = EstuaryFence(
+            estuary,
+            stream=stream.name,
+            held=HeldLease(held.lease, clock=clock),
+            mode=stream.fencing,
+            write_timeout=stream.estuary_write_timeout,
+            clock=clock,
+        )
         refusals = _Refusals(dead_letters)
         writer = EstuaryWriter(
-            estuary, refusals, stream=stream.name, max_attempts=stream.max_apply_attempts, transform=stream.transform
+            fence.write,
+            refusals,
+            stream=stream.name,
+            max_attempts=stream.max_apply_attempts,
+            transform=stream.transform,
         )
         left = limit
         size = min(batch_size, limit) if limit else batch_size

@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from shared.clock import Clock
     from shared.config import StreamConfig
     from shared.estuary import ApplyResult, EstuaryWriter
-    from shared.position import CheckpointStore, Lease
+    from shared.lease import HeldLease
+    from shared.position import CheckpointStore
     from shared.replicate.outcome import PassResult, PassTimer, TimeOutcome
     from shared.telemetry import ReplicationMetrics
 
 _IDLE_SAVE_INTERVAL = 5.0  # seconds between checkpoint writes of the post-batch token while no events arrive
+_RENEW_MARGIN = 2.0  # seconds of lease kept beyond write_timeout when a write starts
 
 _log = get_logger(__name__)
 
@@ -64,7 +66,7 @@ class Streamer:
         source: Collection[RawBSONDocument],
         writer: EstuaryWriter,
         checkpoints: CheckpointStore,
-        lease: Lease,
+        held: HeldLease,
         clock: Clock,
         metrics: ReplicationMetrics,
         result: PassResult,
@@ -75,7 +77,7 @@ class Streamer:
         self._source = source
         self._writer = writer
         self._checkpoints = checkpoints
-        self._lease = lease
+        self._held = held
         self._clock = clock
         self._metrics = metrics
         self._result = result
@@ -111,9 +113,12 @@ class Streamer:
 
     def _apply(self, batch: Batch) -> None:
         started = self._clock.monotonic()
-        applied = retry_transient(
-            lambda: self._writer.apply(batch.events), what="batch", stream=self._stream.name, clock=self._clock
-        )
+
+        def attempt() -> ApplyResult:
+            self._keep_lease()
+            return self._writer.apply(batch.events)
+
+        applied = retry_transient(attempt, what="batch", stream=self._stream.name, clock=self._clock)
         self._save(batch, kind="batch", applied=applied)
         self._count(batch, applied)
         self._metrics.batch_duration.record(self._clock.monotonic() - started, self._attributes)
@@ -131,16 +136,22 @@ class Streamer:
                 "skipped": applied.skipped + applied.collapsed,
                 "dead_lettered": applied.dead_lettered,
             }
-        self._checkpoints.save(
-            self._lease,
+        renewed = self._checkpoints.save(
+            self._held.lease,
             duration=self._stream.lease_duration,
             resume_token=batch.resume_token,
             start_after=self._reader.start_after,
             last_event_at=batch.last_event_at,
             counters=counters,
         )
+        self._held.renewed(renewed)
         self._saved_at = self._clock.monotonic()
         self._metrics.checkpoint_saves.add(1, {**self._attributes, "kind": kind})
+
+    def _keep_lease(self) -> None:
+        """Renew the lease before a write that could otherwise outlast it (a retry after a slow attempt)."""
+        if self._held.remaining() < self._stream.estuary_write_timeout + _RENEW_MARGIN:
+            self._held.renewed(self._checkpoints.renew(self._held.lease, duration=self._stream.lease_duration))
 
     def _count(self, batch: Batch, applied: ApplyResult) -> None:
         metrics, result = self._metrics, self._result

@@ -2,13 +2,16 @@
 
 For one stream, compares the two collections:
 
-* exact document counts on both sides;
-* document by document, keyed by ``_id``, the SHA-256 of the estuary form of the source document (the raw
-  BSON bytes, or ``bson.encode`` of the field mapping when the stream has a transform: what ``EstuaryWriter``
-  writes) against the SHA-256 of the estuary document's raw bytes. Both sides are read as raw BSON, so field
-  order and numeric types count. Either a sample (``$sample`` on both sides, or a bounded reservoir over an
-  ``_id``-only scan where the server lacks ``$sample``) or every document (``mode="all"``: a merge-join of both
-  collections read in ``_id`` order, one cursor batch at a time, in constant memory).
+* document by document, keyed by ``_id``, the estuary form of the source document (the raw BSON bytes, or
+  ``bson.encode`` of the field mapping when the stream has a transform: what ``EstuaryWriter`` writes) against
+  the estuary document's raw bytes, byte for byte. Both sides are read as raw BSON, so field order and numeric
+  types count. A source document that cannot be put in its estuary form (the transform cannot decode it) counts
+  as differing: it cannot be what the replicator wrote.
+* By default every document (``mode="all"``, ``complete``): a merge-join of both collections read in ``_id``
+  order, one cursor batch at a time, in constant memory; the document counts of both sides are those of this
+  scan. ``mode="sample"`` is a quick check, not a comparison of every document: exact counts
+  (``count_documents``) plus the documents of a sample (``$sample`` on both sides, or a bounded reservoir over
+  an ``_id``-only scan where the server lacks ``$sample``); finding nothing there is not "in sync".
 
 Writes keep flowing while this runs, so every ``_id`` found missing, extra or differing is read again on both
 sides after ``recheck_delay``; only those still wrong are reported, the others are counted as recovered.
@@ -17,13 +20,14 @@ Reports carry totals and at most ``MAX_EXAMPLES`` rendered ``_id`` values per ki
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import bson
+from bson.errors import BSONError
+from bson.objectid import ObjectId
 from pymongo.errors import OperationFailure
 
 from shared.errors import ReplicatorError
@@ -45,6 +49,9 @@ SampleMethod = Literal["$sample", "scan", "all"]  # "scan": reservoir over the _
 
 KINDS: tuple[Kind, ...] = ("missing", "extra", "differing")
 MAX_EXAMPLES = 20  # _ids listed per kind of difference
+# What putting one source document in its estuary form can raise (its top level does not decode, a value does not
+# encode): that document counts as differing instead of ending the comparison.
+_UNFORMABLE = (BSONError, ValueError, TypeError, OverflowError)
 
 _log = get_logger(__name__)
 
@@ -55,9 +62,10 @@ class VerifyError(ReplicatorError):
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """How to compare: ``sample`` _ids from each side, or ``all`` documents; when to re-check suspects."""
+    """How to compare: ``all`` documents (the default), or ``sample`` _ids from each side as a quick check; when to
+    re-check suspects."""
 
-    mode: Mode = "sample"
+    mode: Mode = "all"
     sample: int = 1000  # _ids drawn from each side in "sample" mode
     recheck_delay: float = 2.0  # seconds between finding a difference and reading that _id again
     batch_size: int = 500  # documents per cursor batch and per re-read by _id
@@ -107,6 +115,21 @@ class StreamVerification:
     error: str | None = None  # the comparison could not be made
 
     @property
+    def complete(self) -> bool:
+        """Every document was compared (not a sample, and no error)."""
+        return self.mode == "all" and self.error is None
+
+    @property
+    def verdict(self) -> str:
+        """One line that never claims more than was checked: only a complete comparison can be "in sync"."""
+        if self.error is not None:
+            return f"could not verify: {self.error}"
+        if self.complete:
+            return "in sync" if self.ok else "OUT OF SYNC"
+        sampled = f"no difference in {self.checked} sampled documents; not a full comparison"
+        return sampled if self.ok else "OUT OF SYNC, found in a sample"
+
+    @property
     def ok(self) -> bool:
         return (
             self.error is None
@@ -118,6 +141,8 @@ class StreamVerification:
         return {
             "stream": self.stream,
             "ok": self.ok,
+            "complete": self.complete,
+            "verdict": self.verdict,
             "mode": self.mode,
             "sample_method": self.sample_method,
             "source_count": self.source_count,
@@ -150,14 +175,14 @@ def verify_stream(
     started = clock.monotonic()
     report = StreamVerification(stream.name, options.mode, recheck_delay=options.recheck_delay)
     _log.info("stream %s: verifying (%s)", stream.name, options.mode, extra={"stream": stream.name})
-    report.source_count, report.estuary_count = _counts(source, estuary)
     tally = _Tally(options.recheck_limit, clock)
-    if report.source_count != report.estuary_count:
-        tally.suspicious_at = clock.monotonic()
     if options.mode == "all":
         report.sample_method = "all"
         findings = merge_join(source, estuary, stream.transform, batch_size=options.batch_size)
     else:
+        report.source_count, report.estuary_count = _counts(source, estuary)
+        if report.source_count != report.estuary_count:
+            tally.suspicious_at = clock.monotonic()
         chooser = rng or random.Random()  # noqa: S311 (picks documents to compare, not a secret)
         from_source, source_method = sample_ids(source, options.sample, batch_size=options.batch_size, rng=chooser)
         from_estuary, estuary_method = sample_ids(estuary, options.sample, batch_size=options.batch_size, rng=chooser)
@@ -168,8 +193,13 @@ def verify_stream(
     for kind, value in findings:
         tally.add(kind, value)
     report.checked = tally.checked
+    if options.mode == "all":  # every document of both sides was read: each side's count is what the scan read
+        report.source_count = tally.checked - tally.found["extra"]
+        report.estuary_count = tally.checked - tally.found["missing"]
     if tally.suspicious_at is not None:
-        _wait(clock, options.recheck_delay, since=tally.suspicious_at)
+        remaining = options.recheck_delay - (clock.monotonic() - tally.suspicious_at)
+        if remaining > 0:
+            clock.sleep(remaining)
         _recheck(report, source, estuary, tally.suspects, stream.transform, options.batch_size)
         if report.source_count != report.estuary_count:
             report.source_count, report.estuary_count = _counts(source, estuary)
@@ -177,15 +207,11 @@ def verify_stream(
         report.discrepancies()[kind].merge(overflow)
         report.unrechecked += overflow.total
     report.seconds = clock.monotonic() - started
+    found = (report.missing.total, report.extra.total, report.differing.total, report.recovered)
     _log.info(
-        "stream %s: verified %d _ids: %d missing, %d extra, %d differing, %d recovered",
-        stream.name,
-        report.checked,
-        report.missing.total,
-        report.extra.total,
-        report.differing.total,
-        report.recovered,
-        extra={"event": "verified", "stream": stream.name, "ok": report.ok},
+        "stream %s: verified %d _ids (%s): %d missing, %d extra, %d differing, %d recovered",
+        *(stream.name, report.checked, "complete" if report.complete else "sample", *found),
+        extra={"event": "verified", "stream": stream.name, "ok": report.ok, "complete": report.complete},
     )
     return report
 
@@ -208,8 +234,8 @@ def compare_ids(
     for start in range(0, len(ids), batch_size):
         chunk = list(ids[start : start + batch_size])
         query = {"_id": {"$in": chunk}}
-        found_source = {id_key(d["_id"]): d for d in source.find(query, batch_size=batch_size)}
-        found_estuary = {id_key(d["_id"]): d for d in estuary.find(query, batch_size=batch_size)}
+        found_source = {id_key(id_and_key(d)[0]): d for d in source.find(query, batch_size=batch_size)}
+        found_estuary = {id_key(id_and_key(d)[0]): d for d in estuary.find(query, batch_size=batch_size)}
         for value in chunk:
             key = id_key(value)
             yield classify(found_source.get(key), found_estuary.get(key), transform), value
@@ -224,34 +250,33 @@ def merge_join(
 ) -> Iterator[Finding]:
     """Both collections read in ``_id`` order side by side: one document per side held, plus a cursor batch."""
     sources, estuaries = _in_id_order(source, batch_size, "source"), _in_id_order(estuary, batch_size, "estuary")
-    s, e = next(sources, None), next(estuaries, None)
-    while s is not None and e is not None:
+    s, e = next(sources, _END), next(estuaries, _END)
+    while s is not _END or e is not _END:
         if s[0] < e[0]:
-            yield "missing", s[1]["_id"]
-            s = next(sources, None)
+            yield "missing", s[1]
+            s = next(sources, _END)
         elif e[0] < s[0]:
-            yield "extra", e[1]["_id"]
-            e = next(estuaries, None)
+            yield "extra", e[1]
+            e = next(estuaries, _END)
         else:
-            yield classify(s[1], e[1], transform), s[1]["_id"]
-            s, e = next(sources, None), next(estuaries, None)
-    while s is not None:
-        yield "missing", s[1]["_id"]
-        s = next(sources, None)
-    while e is not None:
-        yield "extra", e[1]["_id"]
-        e = next(estuaries, None)
+            yield classify(s[2], e[2], transform), s[1]
+            s, e = next(sources, _END), next(estuaries, _END)
 
 
 def classify(
     source_doc: RawBSONDocument | None, estuary_doc: RawBSONDocument | None, transform: TransformConfig | None
 ) -> Kind | None:
-    """What is wrong with one ``_id`` (``None``: nothing, including gone from both sides)."""
+    """What is wrong with one ``_id`` (``None``: nothing, including gone from both sides); the bytes compared as
+    they are. A source document that cannot be put in its estuary form is ``differing`` (see ``_UNFORMABLE``)."""
     if source_doc is None:
         return None if estuary_doc is None else "extra"
     if estuary_doc is None:
         return "missing"
-    return None if _digest(expected_bytes(source_doc, transform)) == _digest(estuary_doc.raw) else "differing"
+    try:
+        expected = expected_bytes(source_doc, transform)
+    except _UNFORMABLE:
+        return "differing"
+    return None if expected == estuary_doc.raw else "differing"
 
 
 def expected_bytes(document: RawBSONDocument, transform: TransformConfig | None) -> bytes | memoryview:
@@ -259,23 +284,39 @@ def expected_bytes(document: RawBSONDocument, transform: TransformConfig | None)
     return document.raw if transform is None else bson.encode(transformed(document, transform))
 
 
-def _digest(data: bytes | memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
+_STRING_ID, _OBJECT_ID = b"\x02_id\x00", b"\x07_id\x00"  # the first element of most documents: type, name
+_END: tuple[tuple[Any, ...], Any, Any] = ((99,), None, None)  # after the last document: beyond every sort key
+
+
+def id_and_key(document: RawBSONDocument) -> tuple[Any, tuple[Any, ...]]:
+    """A document's ``_id`` and its ``bson_sort_key``, read straight from the bytes when ``_id`` is the first field
+    and a string or an ObjectId (as MongoDB stores it): the rest of the top level is not decoded."""
+    raw = document.raw
+    head = bytes(raw[4:9])
+    if head == _STRING_ID:
+        end = 13 + int.from_bytes(raw[9:13], "little") - 1  # int32 length, counting the trailing NUL
+        value: Any = str(raw[13:end], "utf-8")
+        return value, (3, value)  # bson_sort_key of a str
+    if head == _OBJECT_ID:
+        value = ObjectId(bytes(raw[9:21]))
+        return value, (7, value.binary)  # bson_sort_key of an ObjectId
+    value = document["_id"]
+    return value, bson_sort_key(value)
 
 
 def _in_id_order(
     collection: Collection[RawBSONDocument], batch_size: int, side: str
-) -> Iterator[tuple[tuple[Any, ...], RawBSONDocument]]:
+) -> Iterator[tuple[tuple[Any, ...], Any, RawBSONDocument]]:
     previous: tuple[Any, ...] | None = None
     for document in collection.find({}, sort=[("_id", 1)], batch_size=batch_size):
-        key = bson_sort_key(document["_id"])
+        value, key = id_and_key(document)
         if previous is not None and key <= previous:
             raise VerifyError(
-                f"the {side} returned _id {render_id(document['_id'])} out of ascending _id order",
+                f"the {side} returned _id {render_id(value)} out of ascending _id order",
                 hint="the server does not sort _id values in BSON order (mixed _id types?); verify with --sample",
             )
         previous = key
-        yield key, document
+        yield key, value, document
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -291,13 +332,9 @@ def sample_ids(
     except OperationFailure as exc:
         if is_transient(exc):
             raise
-        _log.warning(
-            "%s.%s: $sample refused (%s); sampling by a scan of the _ids instead",
-            collection.database.name,
-            collection.name,
-            exc.code,
-            extra={"event": "sample_fallback"},
-        )
+        where, why = f"{collection.database.name}.{collection.name}", exc.code
+        message = "%s: $sample refused (%s); sampling by a scan of the _ids instead"
+        _log.warning(message, where, why, extra={"event": "sample_fallback"})
     return _reservoir(collection, size, batch_size=batch_size, rng=rng), "scan"
 
 
@@ -324,6 +361,7 @@ class _Tally:
         self._limit = limit
         self._clock = clock
         self.checked = 0
+        self.found: dict[Kind, int] = dict.fromkeys(KINDS, 0)  # at the first look
         self.suspects: list[Any] = []
         self.overflow: dict[Kind, Discrepancies] = {kind: Discrepancies() for kind in KINDS}
         self.suspicious_at: float | None = None
@@ -332,6 +370,7 @@ class _Tally:
         self.checked += 1
         if kind is None:
             return
+        self.found[kind] += 1
         self.suspicious_at = self._clock.monotonic()
         if len(self.suspects) < self._limit:
             self.suspects.append(value)
@@ -353,12 +392,6 @@ def _recheck(
             report.recovered += 1
         else:
             report.discrepancies()[kind].add(value)
-
-
-def _wait(clock: Clock, delay: float, *, since: float) -> None:
-    remaining = delay - (clock.monotonic() - since)
-    if remaining > 0:
-        clock.sleep(remaining)
 
 
 def _counts(source: Collection[RawBSONDocument], estuary: Collection[RawBSONDocument]) -> tuple[int, int]:

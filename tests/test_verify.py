@@ -16,7 +16,10 @@ from typing import Any, cast
 import bson
 import pytest
 from bson.binary import Binary
+from bson.codec_options import CodecOptions
+from bson.datetime_ms import DatetimeMS
 from bson.decimal128 import Decimal128
+from bson.errors import InvalidBSON
 from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
@@ -26,11 +29,14 @@ from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure
 
 from shared.clock import SystemClock
+from shared.config import TransformConfig
 from shared.verify import (
     StreamVerification,
     VerifyError,
     VerifyOptions,
     bson_sort_key,
+    classify,
+    id_and_key,
     merge_join,
     sample_ids,
     verify_stream,
@@ -127,6 +133,14 @@ def test_field_order_alone_should_count_as_a_difference(harness):
     assert verify(harness, "all").differing.examples == ['"a"']
 
 
+def test_the_default_should_compare_every_document_and_only_then_say_in_sync(harness):
+    copied(harness, 30)
+    full, sample = verify(harness, VerifyOptions().mode), verify(harness, "sample")
+    assert (full.mode, full.checked, full.verdict, full.to_dict()["complete"]) == ("all", 30, "in sync", True)
+    assert (sample.ok, sample.complete, sample.to_dict()["complete"]) == (True, False, False)
+    assert sample.verdict == "no difference in 30 sampled documents; not a full comparison"
+
+
 # ---------------------------------------------------------------------------------------------- writes during the check
 
 
@@ -204,6 +218,55 @@ def test_a_transform_should_be_applied_to_the_source_before_comparing(harness, m
     assert (report.differing.total, report.differing.examples) == (1, ['"d0005"'])
 
 
+def test_a_source_document_the_transform_cannot_decode_should_count_as_differing():
+    data = bson.encode({"_id": 1, "d": DatetimeMS(2**62)})  # beyond datetime: the default options cannot decode it
+    with pytest.raises(InvalidBSON):
+        dict(RawBSONDocument(data))
+    assert classify(RawBSONDocument(data), RawBSONDocument(data), TransformConfig(rename={"d": "when"})) == "differing"
+    assert classify(RawBSONDocument(data), RawBSONDocument(data), None) is None  # no transform: bytes as they are
+
+
+class Unreadable:
+    """A source whose document "x" comes back with a top level that does not decode (a date beyond datetime)."""
+
+    bad = RawBSONDocument(bson.encode({"_id": "x", "v": DatetimeMS(2**62)}))
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def find(self, *args: Any, **kwargs: Any) -> Iterator[RawBSONDocument]:
+        return (self.bad if id_and_key(d)[0] == "x" else d for d in self._inner.find(*args, **kwargs))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_document_the_transform_cannot_decode_should_not_stop_the_comparison(harness, mode):
+    harness.source.insert_many([doc(i) for i in range(5)] + [{"_id": "x", "v": 0}])
+    harness.estuary.insert_many([{("value" if k == "v" else k): v for k, v in doc(i).items()} for i in range(5)])
+    harness.estuary.insert_one({"_id": "x", "value": 0})
+    stream = harness.config(transform={"rename": {"v": "value"}}).streams[0]
+    source = cast(Any, Unreadable(harness.factory.collection(stream.source)))
+    options = VerifyOptions(mode=mode, recheck_delay=0)
+    report = verify_stream(
+        stream, source, harness.factory.collection(stream.estuary), options=options, clock=FakeClock()
+    )
+    assert (report.error, report.checked, report.missing.total, report.extra.total) == (None, 6, 0, 0)
+    assert report.differing.examples == ['"x"']  # the 5 others compared, and equal
+
+
+def test_id_and_key_should_agree_with_bson_sort_key_without_decoding_the_rest():
+    for value in ["", "é-ü", "x" * 5000, ObjectId("0123456789abcdef01234567")]:
+        data = bson.encode({"_id": value, "when": DatetimeMS(2**62)})  # the rest would not decode (default options)
+        for raw in (RawBSONDocument(data), RawBSONDocument(memoryview(data))):  # large documents come as views
+            assert id_and_key(raw) == (value, bson_sort_key(value))
+    others: list[dict[str, Any]] = [{"_id": 7, "a": 1}, {"a": 1, "_id": "second"}, {"_id": datetime(2024, 1, 1)}]
+    for document in others:
+        raw = RawBSONDocument(bson.encode(document), CodecOptions(document_class=RawBSONDocument))
+        assert id_and_key(raw) == (document["_id"], bson_sort_key(document["_id"]))
+
+
 # ---------------------------------------------------------------------------------------------- sampling
 
 
@@ -244,7 +307,7 @@ def test_verify_should_still_find_differences_without_sample(harness):
         stream,
         cast(Any, NoSample(harness.factory.collection(stream.source))),
         cast(Any, NoSample(harness.factory.collection(stream.estuary))),
-        options=VerifyOptions(recheck_delay=0),
+        options=VerifyOptions(mode="sample", recheck_delay=0),
         clock=SystemClock(),
     )
     assert report.sample_method == "scan"

@@ -27,7 +27,6 @@ from localdev.standins.faithful.errors import (
 from localdev.standins.faithful.matching import id_equalities, matches, order_key
 
 MAX_BSON_OBJECT_SIZE = 16 * 1024 * 1024
-_INTERNAL_HEADROOM = 16 * 1024  # the server accepts this much more for what it builds itself (BSONObjMaxInternalSize)
 
 
 @dataclass
@@ -181,7 +180,7 @@ class Store:
         return [] if coll is None else list(coll.select(query))
 
     def _check(self, ns: str, coll: Collection, key: bytes, doc: bytes) -> None:
-        if len(doc) > MAX_BSON_OBJECT_SIZE + _INTERNAL_HEADROOM:
+        if len(doc) > MAX_BSON_OBJECT_SIZE:  # a stored document, as MongoDB: the headroom is for what it builds
             raise WriteFailedError(BSON_OBJECT_TOO_LARGE, f"object to insert too large: {len(doc)} bytes")
         refused = self.refused.get(ns)
         if refused and refused.intersection(rawdoc.names(doc)):

@@ -283,3 +283,24 @@ def test_config_should_reject_a_top_level_that_is_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert "the top level must be a mapping" in info.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        ({"lease_duration": 30, "write_timeout": 20}, "streams[0].write_timeout: must be at most half of lease"),
+        ({"fencing": "optimistic"}, "streams[0].fencing: must be 'auto', 'transaction' or 'deadline'"),
+    ],
+)
+def test_config_should_reject_fencing_settings_that_cannot_protect_the_estuary(tmp_path, stream, expected):
+    data = config()
+    data["streams"][0].update(stream)
+    found = problems(tmp_path, data)
+    assert any(expected in p for p in found), found
+
+
+def test_the_write_timeout_should_default_to_a_third_of_the_lease(tmp_path):
+    data = config()
+    data["streams"][0]["lease_duration"] = 45
+    stream = load(tmp_path, data).streams[0]
+    assert (stream.fencing, stream.write_timeout, stream.estuary_write_timeout) == ("auto", None, 15.0)

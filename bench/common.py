@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import re
 import resource
 import sys
@@ -103,3 +104,19 @@ def differences(source: Collection[Doc], estuary: Collection[Doc]) -> int:
         else:
             diff, b = diff + 1, next(theirs, None)
     return diff
+
+
+def order_document(doc_id: str, i: int, rng: random.Random) -> Doc:
+    """The benchmarks' workload document: JSON-native fields of a plausible order (about 300 bytes)."""
+    return {
+        "_id": doc_id,
+        "customer": f"customer-{rng.randrange(1000):04d}",
+        "qty": rng.randrange(1, 50),
+        "price": round(rng.uniform(1, 500), 2) + 0.25,  # always fractional: stays a float through JSON
+        "status": "new",
+        "paid": rng.random() < 0.5,
+        "tags": [f"tag-{rng.randrange(20)}" for _ in range(3)],
+        "address": {"city": f"city-{rng.randrange(100)}", "zip": f"{rng.randrange(100000):05d}"},
+        "note": "x" * rng.randrange(20, 120),
+        "seq": i,
+    }

@@ -25,8 +25,10 @@ drain; the lifetime peak elsewhere). ``--scale-check`` drains N and 4 x N events
 drains N events of each kind under cProfile and prints where the client spends its time.
 
 Target (the throughput issue): replicator >= 0.9 x baseline events/s, with bounded memory.
-Run: ``.venv/bin/python -m bench.replication_throughput [--events 10000] [--runs 5] [--scale-check]
-[--profile] [--json]``.
+``--fencing transaction`` measures the estuary fence's transactions (each batch a transaction that first updates
+the stream's fence document); nx-27017 is a standalone, so the default ``auto`` fences by a deadline there.
+Run: ``.venv/bin/python -m bench.replication_throughput [--events 10000] [--runs 5] [--fencing MODE]
+[--scale-check] [--profile] [--json]``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from typing import Any
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 
-from bench.common import MIB, Doc, PeakRss, Progress, differences, machine
+from bench.common import MIB, Doc, PeakRss, Progress, differences, machine, order_document
 from bench.replication_report import Drain, Kind, Mode, print_report, profile_breakdown, summarise
 from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
@@ -103,7 +105,7 @@ def workload(n: int, seed: int) -> Iterator[list[InsertOne[Doc] | UpdateOne | De
         roll = rng.random()
         if roll < 0.7 or len(live) < 10:
             live.append(f"doc-{i:08d}")
-            chunk.append(InsertOne(_document(live[-1], i, rng)))
+            chunk.append(InsertOne(order_document(live[-1], i, rng)))
         elif roll < 0.9:
             chunk.append(UpdateOne({"_id": rng.choice(live)}, {"$inc": {"qty": 1}, "$set": {"status": "updated"}}))
         else:
@@ -115,21 +117,6 @@ def workload(n: int, seed: int) -> Iterator[list[InsertOne[Doc] | UpdateOne | De
             chunk = []
     if chunk:
         yield chunk
-
-
-def _document(doc_id: str, i: int, rng: random.Random) -> Doc:
-    return {
-        "_id": doc_id,
-        "customer": f"customer-{rng.randrange(1000):04d}",
-        "qty": rng.randrange(1, 50),
-        "price": round(rng.uniform(1, 500), 2) + 0.25,  # always fractional: stays a float through JSON
-        "status": "new",
-        "paid": rng.random() < 0.5,
-        "tags": [f"tag-{rng.randrange(20)}" for _ in range(3)],
-        "address": {"city": f"city-{rng.randrange(100)}", "zip": f"{rng.randrange(100000):05d}"},
-        "note": "x" * rng.randrange(20, 120),
-        "seq": i,
-    }
 
 
 def preload(collection: Collection[Doc], n: int, seed: int) -> float:
@@ -272,6 +259,7 @@ class Bench:
                         "batch_size": self.args.batch_size,
                         "poll_interval": self.args.poll_interval,
                         "idle_timeout": idle_timeout,
+                        "fencing": self.args.fencing,
                     }
                 ],
             }
@@ -300,6 +288,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500, help="events per estuary write (default 500)")
     parser.add_argument("--poll-interval", type=float, default=0.1, help="replicator poll interval, s (default 0.1)")
     parser.add_argument("--idle-timeout", type=float, default=1.0, help="replicator idle timeout, s (default 1)")
+    parser.add_argument(
+        "--fencing",
+        choices=("auto", "transaction", "deadline"),
+        default="auto",
+        help="how the estuary fences the replicator's writes (nx-27017 is a standalone: auto means deadline)",
+    )
     parser.add_argument("--settle", type=float, default=0.5, help="pause after preloading, s (default 0.5)")
     parser.add_argument("--scale-check", action="store_true", help="heap peaks while draining N and 4 x N events")
     parser.add_argument("--profile", action="store_true", help="one cProfile'd drain of each kind")
@@ -313,6 +307,7 @@ def main() -> int:
         "events": args.events,
         "batch_size": args.batch_size,
         "runs": args.runs,
+        "fencing": args.fencing,
     }
     with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp, ExitStack() as stack:
         source = stack.enter_context(NxServer(Path(tmp) / "source"))

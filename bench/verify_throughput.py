@@ -38,7 +38,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from bench.common import Doc, PeakRss, machine
+from bench.common import Doc, PeakRss, machine, order_document
 from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
@@ -56,18 +56,7 @@ class BenchError(RuntimeError):
 
 
 def document(i: int, rng: random.Random) -> Doc:
-    return {
-        "_id": f"doc-{i:08d}",
-        "customer": f"customer-{rng.randrange(1000):04d}",
-        "qty": rng.randrange(1, 50),
-        "price": round(rng.uniform(1, 500), 2) + 0.25,
-        "status": "new",
-        "paid": rng.random() < 0.5,
-        "tags": [f"tag-{rng.randrange(20)}" for _ in range(3)],
-        "address": {"city": f"city-{rng.randrange(100)}", "zip": f"{rng.randrange(100000):05d}"},
-        "note": "x" * rng.randrange(20, 120),
-        "seq": i,
-    }
+    return order_document(f"doc-{i:08d}", i, rng)
 
 
 def mapped(doc: Doc, transform: dict[str, Any] | None) -> Doc:

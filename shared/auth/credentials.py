@@ -106,6 +106,9 @@ class ManagedIdentitySource:
             "IDENTITY_ENDPOINT"
         )
         self._last = threading.local()
+        # The endpoint's last failure, whichever thread saw it: within MSAL's throttle window MSAL answers later
+        # requests by replaying it without calling the endpoint, so no response reaches this call's hook.
+        self._last_failure: tuple[int, str | None, str] | None = None
         # Our provider is the one retry layer (metered, with jitter); azure-core must not retry underneath it.
         self._credential = credential or ManagedIdentityCredential(
             client_id=client_id,
@@ -136,15 +139,22 @@ class ManagedIdentitySource:
         self._last.retry_after = http.headers.get("Retry-After")
         if http.status_code >= 400:
             self._last.message = _service_message(http.text())
+            self._last_failure = (http.status_code, self._last.retry_after, self._last.message)
+        else:
+            self._last_failure = None
 
     def _classify(self, exc: Exception) -> Exception:
         status: int | None = getattr(self._last, "status", None)
         detail = getattr(self._last, "message", "") or type(exc).__name__
+        retry_after = getattr(self._last, "retry_after", None)
+        if status is None and isinstance(exc, AzureCredentialUnavailable) and self._last_failure is not None:
+            status, retry_after, message = self._last_failure  # MSAL replayed the endpoint's last failure
+            detail = f"{message} (as the endpoint last answered; MSAL holds further requests back for a while)"
         if status is not None and (status == 429 or status >= 500):
             return TokenServiceError(
                 f"the managed identity endpoint failed (HTTP {status}): {detail}",
                 hint="usually passes; if it persists, check the Function App's health",
-                retry_after=_retry_after(getattr(self._last, "retry_after", None)),
+                retry_after=_retry_after(retry_after),
             )
         if status is not None and status >= 400:
             return AuthenticationRefusedError(

@@ -131,3 +131,34 @@ def test_developer_source_should_say_how_to_log_in_when_no_cli_login_exists(tmp_
     with pytest.raises(CredentialUnavailableError) as info:
         DeveloperSource(tenant_id=TENANT, timeout=5).fetch(DOCUMENTDB_SCOPE, fresh=False)
     assert f"az login --tenant {TENANT}" in (info.value.hint or "")
+
+
+def test_an_identity_endpoint_that_is_down_should_be_a_transient_error_not_a_missing_identity(stub):
+    """An outage (nothing listens at IDENTITY_ENDPOINT) is not "no identity here": the host must retry, not drop."""
+    stub.stop()
+    with pytest.raises(TokenServiceError, match="the managed identity endpoint did not answer") as info:
+        source(timeout=1.0).fetch(DOCUMENTDB_SCOPE, fresh=False)
+    assert info.value.transient
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_5xx_should_be_transient_also_for_a_fresh_token(stub, fresh):
+    """A fresh token (after the server refused one) goes another way through MSAL: a 5xx must still read as one."""
+    stub.fail_next(1, 503)
+    with pytest.raises(TokenServiceError, match="HTTP 503") as info:
+        source().fetch(DOCUMENTDB_SCOPE, fresh=fresh)
+    assert info.value.transient
+
+
+def test_a_5xx_replayed_by_msals_throttle_should_still_be_transient(stub):
+    """Within MSAL's throttle window after a 5xx, MSAL answers from its cache without calling the endpoint; that
+    must not read as "no managed identity here", which is terminal and would drop a Functions queue message."""
+    stub.fail_next(1, 503, retry_after=30)
+    identity = source()
+    with pytest.raises(TokenServiceError, match="HTTP 503"):
+        identity.fetch(DOCUMENTDB_SCOPE, fresh=False)
+    requests = stub.request_count
+    with pytest.raises(TokenServiceError, match="HTTP 503") as info:
+        identity.fetch(DOCUMENTDB_SCOPE, fresh=True)
+    assert stub.request_count == requests  # MSAL did not call the endpoint: it replayed the failure
+    assert info.value.transient

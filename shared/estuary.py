@@ -31,7 +31,7 @@ from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.errors import TransientError
-from shared.mongo_errors import is_transient, is_transient_code
+from shared.mongo_errors import is_transient, is_transient_code, summary
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -185,13 +185,13 @@ def write_unordered(collection: Collection[Any], ops: Sequence[WriteOp]) -> dict
         collection.bulk_write(list(ops), ordered=False)
     except InvalidDocument as exc:  # refused before sending (too large to encode): find which, one at a time
         if len(ops) == 1:
-            return {0: Refusal(None, f"{type(exc).__name__}: {exc}")}
+            return {0: Refusal(None, summary(exc))}
         return {i: refusal for i, op in enumerate(ops) for refusal in write_unordered(collection, [op]).values()}
     except BulkWriteError as exc:
         return refusals(exc)
     except PyMongoError as exc:
         if is_transient(exc):
-            raise TransientError(f"estuary write failed: {type(exc).__name__}: {exc}") from exc
+            raise TransientError(f"estuary write failed: {summary(exc)}") from exc
         raise
     return {}
 

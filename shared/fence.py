@@ -39,7 +39,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, 
 from shared.errors import TransientError
 from shared.estuary import Refusal, WriteOp, refusals, write_unordered
 from shared.lease import LeaseLostError
-from shared.mongo_errors import is_transient, transactions_unsupported
+from shared.mongo_errors import is_transient, summary, transactions_unsupported
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -219,4 +219,4 @@ def _size(op: WriteOp) -> int:
 def _raise_transient(what: str, exc: PyMongoError) -> None:
     """``TransientError`` for a failure a retry may mend (the caller re-raises any other as it is)."""
     if is_transient(exc):
-        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise TransientError(f"{what}: {summary(exc)}") from exc

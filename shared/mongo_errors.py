@@ -115,6 +115,14 @@ _MAX_DETAIL = 300  # characters of an unrecognised error's text
 _FAILED_ADDRESS = re.compile(r"(?:^|,)\s*((?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d+): ")
 
 
+def summary(error: BaseException) -> str:
+    """``Type code: message``, for messages that are recorded and shown: without pymongo's "full error" dump of the
+    server's reply (raw bytes, documents) and redacted, so it never carries a secret or a document's contents."""
+    text = str(error).split(", full error:", 1)[0]
+    code = f" {error.code}" if isinstance(error, OperationFailure) and error.code is not None else ""
+    return f"{type(error).__name__}{code}: {redact_text(text)}"[:_MAX_DETAIL]
+
+
 def explain(
     error: BaseException, endpoint: MongoConfig | None = None, *, principal: str | None = None
 ) -> tuple[str, str | None]:
@@ -137,7 +145,7 @@ def explain(
         return f"could not reach {_unreachable(error, endpoint)}", _UNREACHABLE_HINT
     if isinstance(error, ConfigurationError):
         return f"connection string problem: {redact_text(str(error))}", None
-    return f"{type(error).__name__}: {redact_text(str(error))[:_MAX_DETAIL]}", None
+    return summary(error), None
 
 
 def _authentication_failed(endpoint: MongoConfig | None, principal: str | None) -> tuple[str, str | None]:

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from shared.errors import TransientError
 from shared.lease import Lease, LeaseLostError, owner_id
+from shared.mongo_errors import is_transient, summary
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -40,6 +42,8 @@ StreamStatus = Literal["new", "running", "idle", "retrying", "stopped", "failed"
 # its progress in ``snapshot`` (a ``CopyProgress``).
 Phase = Literal["streaming", "copying"]
 _MAX_GAPS_KEPT = 100
+_WRITE_ATTEMPTS = 3  # tries of one fenced write that fails for a transient reason
+_WRITE_BACKOFF = 0.5  # seconds, times the attempt number, between them
 
 
 @dataclass(frozen=True)
@@ -291,7 +295,20 @@ class CheckpointStore:
         return Checkpoint.from_document(doc) if doc else None
 
     def _fenced(self, lease: Lease, update: Mapping[str, Any]) -> None:
-        if self._collection.update_one(_fence(lease), update).matched_count == 0:
+        """One conditional write; a transient failure (throttling 16500, an election) is tried again a few times
+        before the pass gives up on it (a retried ``$inc`` may count twice if the first try did land: counters are
+        statistics, the position is a ``$set``)."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                result = self._collection.update_one(_fence(lease), update)
+                break
+            except PyMongoError as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == _WRITE_ATTEMPTS:
+                    raise TransientError(f"checkpoint write failed: {summary(exc)}") from exc
+                self._clock.sleep(_WRITE_BACKOFF * attempt)
+        if result.matched_count == 0:
             raise _lease_lost(lease)
 
 

@@ -32,7 +32,7 @@ from pymongo.errors import PyMongoError
 
 from shared.errors import ReplicatorError, TransientError
 from shared.estuary import DOCUMENT_ERRORS, Refusal, transformed
-from shared.mongo_errors import DUPLICATE_KEY, is_transient
+from shared.mongo_errors import DUPLICATE_KEY, is_transient, summary
 from shared.raw_bson import raw_document
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class SnapshotCopier:
                     after = batch.last_id
         except PyMongoError as exc:
             if is_transient(exc):
-                raise TransientError(f"snapshot copy failed: {type(exc).__name__}: {exc}") from exc
+                raise TransientError(f"snapshot copy failed: {summary(exc)}") from exc
             raise
 
     def _copy(self, docs: list[RawBSONDocument], after: Any) -> CopyBatch:

@@ -23,7 +23,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
 from shared.errors import ReplicatorError, TransientError
-from shared.mongo_errors import is_history_lost, is_transient
+from shared.mongo_errors import is_history_lost, is_transient, summary
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class ChangeStreamReader:
             if not is_transient(exc):
                 raise
             if self._reopens >= _MAX_REOPENS:
-                raise TransientError(f"change stream kept failing: {type(exc).__name__}: {exc}") from exc
+                raise TransientError(f"change stream kept failing: {summary(exc)}") from exc
             self._reopens += 1
             _log.warning("change stream interrupted (%s), reopening from the saved position", type(exc).__name__)
             return None
@@ -191,7 +191,7 @@ def event_time(event: Mapping[str, Any]) -> float | None:
 
 def _history_lost(exc: PyMongoError) -> HistoryLostError:
     return HistoryLostError(
-        f"the saved resume token can no longer be resumed ({type(exc).__name__}: {exc})",
+        f"the saved resume token can no longer be resumed ({summary(exc)})",
         hint="the change log moved past it (on DocumentDB it holds 400 MB); set on_history_lost: start_now to "
         "continue from now with a recorded gap",
     )

@@ -39,6 +39,7 @@ AuthReason = Literal[
     "principal not registered",
     "mechanism",
     "no conversation",
+    "revoked",
 ]
 
 
@@ -57,6 +58,10 @@ class Session:
 
     principal: str | None = None
     expires_at: float = 0.0
+    issued_at: float | None = None  # the token's ``iat``, for revocation
+    # Once authenticated, a connection that lost its authentication (expired, revoked, a failed re-authentication)
+    # is answered 391 until it authenticates again, as a server does; 13 is for one that never authenticated.
+    was_authenticated: bool = False
 
 
 def error_reply(code: int, code_name: str, message: str) -> dict[str, Any]:
@@ -93,6 +98,7 @@ class OIDCAuthenticator:
         self._lock = threading.Lock()
         self._events: list[AuthEvent] = []
         self._sasl_starts = 0
+        self._revoked_before: float | None = None
 
     @property
     def events(self) -> list[AuthEvent]:
@@ -105,6 +111,21 @@ class OIDCAuthenticator:
         """How many ``saslStart`` commands arrived."""
         with self._lock:
             return self._sasl_starts
+
+    def revoke_issued_before(self, issued_before: float) -> None:
+        """Refuse every token whose ``iat`` is before ``issued_before`` from now on: what revoking a principal's
+        sessions does in Entra (a token without ``iat`` is never revoked)."""
+        with self._lock:
+            self._revoked_before = issued_before
+
+    def revoked(self, session: Session) -> bool:
+        """Whether the token ``session`` authenticated with was revoked since (it must then authenticate again)."""
+        return self._revoked_iat(session.issued_at)
+
+    def _revoked_iat(self, issued_at: object) -> bool:
+        with self._lock:
+            before = self._revoked_before
+        return isinstance(issued_at, int | float) and before is not None and issued_at < before
 
     def sasl_start(self, body: Mapping[str, Any], session: Session) -> dict[str, Any]:
         """The reply to ``saslStart``: done in one step when the token is accepted (``session`` then holds it)."""
@@ -133,7 +154,9 @@ class OIDCAuthenticator:
         reason = self._claims_problem(claims)
         if reason is not None:
             return self.refuse(session, reason, principal)
-        session.principal, session.expires_at = principal, float(claims["exp"])
+        session.principal, session.expires_at, session.was_authenticated = principal, float(claims["exp"]), True
+        issued_at = claims.get("iat")
+        session.issued_at = float(issued_at) if isinstance(issued_at, int | float) else None
         self._record(AuthEvent(ok=True, reason="ok", principal=principal))
         return {"conversationId": 1, "done": True, "payload": b"", "ok": 1.0}
 
@@ -151,6 +174,8 @@ class OIDCAuthenticator:
             return "malformed"
         if exp <= now:
             return "expired"
+        if self._revoked_iat(claims.get("iat")):
+            return "revoked"
         if nbf > now:
             return "not yet valid"
         if self.audience != audience and not (isinstance(audience, list) and self.audience in audience):

@@ -2,11 +2,11 @@
 
 Real pymongo with ``authMechanism="MONGODB-OIDC"`` and an ``OIDC_CALLBACK`` talks to this proxy exactly as it
 would to an Entra-enabled cluster: ``saslStart`` on ``$external`` with the payload ``{"jwt": token}`` is
-answered here after checking the token's RS256 signature, expiry, audience, tenant and principal; commands
-before authentication are refused with 13 (Unauthorized); once the token has expired, or when a test injects
-it, a command gets 391 (ReauthenticationRequired) and the connection must authenticate again. Everything else
-is piped to the upstream server. Compression, speculative authentication and exhaust replies are kept out of
-the conversation so that every request has exactly one reply the proxy can see.
+answered here after checking the token's RS256 signature, expiry, audience, tenant, principal and revocation;
+commands before authentication are refused with 13 (Unauthorized); once the token has expired or was revoked, or
+when a test injects it, a command gets 391 (ReauthenticationRequired) and the connection must authenticate again.
+Everything else is piped to the upstream server. Compression, speculative authentication and exhaust replies are
+kept out of the conversation so that every request has exactly one reply the proxy can see.
 
 This module holds the connection handling and the command line; the token checks and the record of
 authentication attempts are in ``oidc_auth`` (``AuthEvent`` and the error codes are importable from here too).
@@ -154,6 +154,11 @@ class OIDCProxy(Service):
             self._reauth_pending = count
             self._reauth_commands = None if commands is None else frozenset(commands)
 
+    def revoke_tokens_issued_before(self, issued_before: float) -> None:
+        """Revoke every token with ``iat < issued_before``: ``saslStart`` with one fails with 18, and a connection
+        that authenticated with one gets 391 on its next command (the client must fetch a fresh token)."""
+        self._auth.revoke_issued_before(issued_before)
+
     def inject_error(self, command: str, code: int, message: str, *, count: int = 1) -> None:
         """Answer the next ``count`` authenticated ``command`` requests with error ``code`` instead of forwarding
         them: how tests meet server errors nx-27017 never produces (286 ChangeStreamHistoryLost, say)."""
@@ -279,7 +284,7 @@ class OIDCProxy(Service):
             return self._auth.refuse(session, "no conversation", None)
         if name in _NO_AUTH_COMMANDS:
             return None
-        if session.principal is None:
+        if session.principal is None and not session.was_authenticated:
             return error_reply(UNAUTHORIZED, "Unauthorized", f"command {name} requires authentication")
         if self._reauth_due(name, session):
             session.principal = None
@@ -298,11 +303,13 @@ class OIDCProxy(Service):
         return error_reply(code, "InjectedError", message)
 
     def _reauth_due(self, name: str, session: Session) -> bool:
+        lost = session.principal is None or self._auth.revoked(session) or self._clock() >= session.expires_at
         with self._lock:
-            injected = self._reauth_pending > 0 and (self._reauth_commands is None or name in self._reauth_commands)
+            injected = not lost and self._reauth_pending > 0
+            injected = injected and (self._reauth_commands is None or name in self._reauth_commands)
             if injected:
                 self._reauth_pending -= 1
-            due = injected or self._clock() >= session.expires_at
+            due = injected or lost
             if due:
                 self._reauth_sent += 1
         return due

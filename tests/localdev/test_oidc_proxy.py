@@ -224,6 +224,41 @@ def test_proxy_should_answer_an_injected_error_for_the_named_command_only_as_oft
         assert list(collection.aggregate([{"$match": {}}])) == [{"_id": "a"}]  # once only
 
 
+def test_proxy_should_demand_reauth_and_refuse_the_old_token_when_tokens_are_revoked(
+    proxy: OIDCProxy, stub: ManagedIdentityStub, clock: FakeClock, collection_name: str
+) -> None:
+    old = _good_token(stub)
+    clock.now += 10
+    fresh = _good_token(stub)
+    callback = ListCallback(old, old, fresh)
+    with _oidc_client(proxy, callback, maxPoolSize=1) as client:
+        collection = client.db[collection_name]
+        collection.insert_one({"_id": "before"})
+
+        proxy.revoke_tokens_issued_before(clock.now - 5)
+        with pytest.raises(OperationFailure) as failure:  # 391, and the callback hands the revoked token again: 18
+            collection.insert_one({"_id": "refused"})
+        assert failure.value.code == 18
+        # Still 391 (not 13) on the connection that failed to re-authenticate; the callback's next token is fresh.
+        collection.insert_one({"_id": "after"})
+
+        assert sorted(doc["_id"] for doc in collection.find()) == ["after", "before"]
+    assert proxy.reauth_sent == 2
+    assert [(event.ok, event.reason) for event in proxy.auth_events] == [(True, "ok"), (False, "revoked"), (True, "ok")]
+
+
+def test_proxy_should_keep_tokens_issued_at_or_after_the_revocation_time(
+    proxy: OIDCProxy, stub: ManagedIdentityStub, clock: FakeClock, collection_name: str
+) -> None:
+    proxy.revoke_tokens_issued_before(int(clock.now))
+    callback = ListCallback(_good_token(stub))
+    with _oidc_client(proxy, callback) as client:
+        client.db[collection_name].insert_one({"_id": "kept"})
+        assert client.db[collection_name].count_documents({}) == 1
+    assert proxy.reauth_sent == 0
+    assert callback.calls == 1
+
+
 def _next_events(stream: Any, count: int, timeout: float = 10.0) -> list[tuple[str, str]]:
     """Read ``count`` change events; nx-27017 ignores maxAwaitTimeMS, so poll with try_next."""
     events: list[tuple[str, str]] = []

@@ -392,7 +392,7 @@ def test_owner_id_should_be_unique_per_call_and_say_who_and_where():
 def test_a_fenced_write_should_ride_out_a_transient_refusal_and_give_up_as_transient_after_a_few():
     """Throttling (16500) on the checkpoint store must not fail a pass at once (the docs promise it is retried)."""
     clock = FakeClock()
-    with FaithfulServer() as server, MongoClient(server.uri) as client:
+    with FaithfulServer() as server, MongoClient[dict[str, Any]](server.uri) as client:
         store = CheckpointStore(client.rep.checkpoints, clock=clock)
         acquired = store.acquire("orders", "w", 30)
         assert acquired is not None

@@ -13,10 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
-from localdev.standins.faithful import FaithfulServer
-from shared.errors import TransientError
 from shared.position import (
     Checkpoint,
     CheckpointStore,
@@ -387,19 +384,3 @@ def test_owner_id_should_be_unique_per_call_and_say_who_and_where():
     owners = [owner_id("pass") for _ in range(200)]
     assert len(set(owners)) == 200
     assert all(owner.startswith("pass@") and f":{os.getpid()}:" in owner for owner in owners)
-
-
-def test_a_fenced_write_should_ride_out_a_transient_refusal_and_give_up_as_transient_after_a_few():
-    """Throttling (16500) on the checkpoint store must not fail a pass at once (the docs promise it is retried)."""
-    clock = FakeClock()
-    with FaithfulServer() as server, MongoClient[dict[str, Any]](server.uri) as client:
-        store = CheckpointStore(client.rep.checkpoints, clock=clock)
-        acquired = store.acquire("orders", "w", 30)
-        assert acquired is not None
-        server.fail("update", 16500, "Request rate is large", times=2, write_error=True)
-        store.save(acquired.lease, duration=30, resume_token={"_data": "t1"})
-        assert clock.sleeps == [0.5, 1.0]  # two refusals, then the write went through
-        assert (store.read("orders") or Checkpoint("orders")).resume_token == {"_data": "t1"}
-        server.fail("update", 16500, "Request rate is large", times=3, write_error=True)
-        with pytest.raises(TransientError, match="checkpoint write failed: WriteError 16500"):
-            store.save(acquired.lease, duration=30, resume_token={"_data": "t2"})

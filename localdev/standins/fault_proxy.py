@@ -25,19 +25,14 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Callable
-from typing import TypeVar
 
-from localdev.standins.service import Service
+from localdev.standins.loop_server import LoopServer
 
 __all__ = ["FaultProxy"]
 
 _log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 
-# Starting the listener, flipping a switch and closing connections are quick; a hang here is a bug.
-_LOOP_CALL_TIMEOUT = 10.0
 _CHUNK_SIZE = 64 * 1024
 # How long the upstream side of a connection whose client has gone stays open after a late delivery, so that
 # the server reads and executes the request before it sees the connection close.
@@ -87,38 +82,25 @@ class _Link:
             writer.transport.abort()
 
 
-class FaultProxy(Service):
+class FaultProxy(LoopServer):
     """Listens on ``host:port`` (0: any free port) and pipes every connection to ``upstream``, faults on command."""
 
+    thread_name = "fault-proxy"
+
     def __init__(self, *, upstream: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host=host, port=port)
         self.upstream = upstream
-        self._address = (host, port)
         self._lock = threading.Lock()  # counters
-        # Serialises start, stop and controls: a control never meets a loop that is shutting down.
-        self._lifecycle = threading.RLock()
         self._stats = dict.fromkeys(_COUNTERS, 0)
         self._open = 0
-        # Switches: written only on the loop thread while it runs (see _control), read there without a lock.
+        # Switches: written only on the loop thread while it runs (see call), read there without a lock.
         self._released = asyncio.Event()  # set: forwarding; clear: holding
         self._released.set()
         self._delay = 0.0
         self._refusing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
         # Loop-thread state, tracked from the moment a connection is accepted so that nothing escapes a reset or
         # stop; it also holds each connection's task (asyncio keeps only weak references to tasks).
         self._links: set[_Link] = set()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The (host, port) actually bound once started."""
-        return self._address
-
-    @property
-    def uri(self) -> str:
-        """Connection string for a direct connection through the proxy."""
-        return f"mongodb://{self._address[0]}:{self._address[1]}/?directConnection=true"
 
     @property
     def connections(self) -> int:
@@ -150,12 +132,12 @@ class FaultProxy(Service):
 
     def hold(self) -> None:
         """From now on keep client->upstream bytes back (per connection, in order) until ``release()``."""
-        self._control(self._released.clear)
+        self.call(self._released.clear)
         _log.info("fault proxy %s:%d: holding client->upstream bytes", *self._address)
 
     def release(self) -> None:
         """Forward everything held, in order, and stop holding (delivery continues in the background)."""
-        self._control(self._released.set)
+        self.call(self._released.set)
         _log.info("fault proxy %s:%d: released", *self._address)
 
     def delay(self, seconds: float) -> None:
@@ -166,7 +148,7 @@ class FaultProxy(Service):
         def set_delay() -> None:
             self._delay = float(seconds)
 
-        self._control(set_delay)
+        self.call(set_delay)
         _log.info("fault proxy %s:%d: delay %.3fs", *self._address, seconds)
 
     def refuse(self, flag: bool) -> None:
@@ -175,91 +157,34 @@ class FaultProxy(Service):
         def set_refusing() -> None:
             self._refusing = flag
 
-        self._control(set_refusing)
+        self.call(set_refusing)
         _log.info("fault proxy %s:%d: refusing new connections: %s", *self._address, flag)
 
     def reset_connections(self) -> int:
         """Abort every open connection, both sides, at once; returns how many there were."""
-        count = self._control(self._reset_all)
+        count = self.call(self._reset_all)
         _log.info("fault proxy %s:%d: reset %d connection(s)", *self._address, count)
         return count
 
-    def _control(self, action: Callable[[], _T]) -> _T:
-        """Run ``action`` on the loop thread and wait for it: when this returns, the change is in force."""
-        with self._lifecycle:
-            loop = self._loop
-            if loop is None or threading.current_thread() is self._thread:
-                return action()  # not running (no loop thread to race with), or on the loop thread already
-
-            async def run() -> _T:
-                return action()
-
-            return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=_LOOP_CALL_TIMEOUT)
-
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def start(self) -> FaultProxy:
-        """Start listening; a no-op when already running."""
-        with self._lifecycle:
-            return self._start()
-
-    def _start(self) -> FaultProxy:
-        if self._loop is not None:
-            return self
+    def _prepare(self) -> None:
         # An Event binds to the first loop that waits on it: a restarted proxy needs a fresh one (same state).
         released = asyncio.Event()
         if self._released.is_set():
             released.set()
         self._released = released
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="fault-proxy", daemon=True)
-        self._thread.start()
-        listening = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._accept, *self._address), loop)
-        try:
-            server = listening.result(timeout=_LOOP_CALL_TIMEOUT)
-        except BaseException:
-            self.stop()  # e.g. the port is taken: do not leave the loop thread behind
-            raise
-        self._server = server
-        self._address = server.sockets[0].getsockname()[:2]
-        _log.debug("fault proxy on %s:%d -> %s:%d", *self._address, *self.upstream)
-        return self
 
-    def stop(self) -> None:
-        """Close the listener and every connection (held bytes are dropped), then end the loop thread; idempotent."""
-        with self._lifecycle:
-            loop, self._loop = self._loop, None
-            if loop is None:
-                return
-            try:
-                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_LOOP_CALL_TIMEOUT)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                if self._thread is not None:
-                    self._thread.join()
-                    self._thread = None
-                loop.close()
+    def _started(self) -> None:
+        _log.debug("fault proxy on %s:%d -> %s:%d", *self.address, *self.upstream)
 
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Every task on this private loop belongs to the proxy: connections and their pumps, and accepts still in
-        # progress (which may start new connections, hence the loop).
-        current = asyncio.current_task()
-        while pending := asyncio.all_tasks() - {current}:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def _close_connections(self) -> None:
         # Links left here belong to tasks cancelled before their first step, which never ran their own cleanup.
         links = list(self._links)
         self._links.clear()
         with self._lock:
             self._open -= len(links)
         await _close(*(writer for link in links for writer in (link.client_writer, link.upstream_writer)))
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     # -- loop thread -------------------------------------------------------------------------------------------
 

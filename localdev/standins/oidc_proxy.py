@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from localdev.standins import wire
+from localdev.standins.loop_server import LoopServer
 from localdev.standins.oidc_auth import (
     AUTHENTICATION_FAILED,
     REAUTHENTICATION_REQUIRED,
@@ -38,7 +39,6 @@ from localdev.standins.oidc_auth import (
     Session,
     error_reply,
 )
-from localdev.standins.service import Service
 
 __all__ = [
     "AUTHENTICATION_FAILED",
@@ -64,15 +64,15 @@ _NO_AUTH_COMMANDS = _HELLO_COMMANDS | {"saslStart", "saslContinue", "buildInfo",
 # speculative authentication would let the upstream answer an authentication that must happen here.
 _STRIPPED_HELLO_FIELDS = ("compression", "speculativeAuthenticate")
 _CLEARED_REQUEST_FLAGS = wire.CHECKSUM_PRESENT | wire.MORE_TO_COME | wire.EXHAUST_ALLOWED
-# Starting the listener and closing connections are quick; a hang here is a bug, not a reason to block a test.
-_LOOP_CALL_TIMEOUT = 10.0
 
 
-class OIDCProxy(Service):
+class OIDCProxy(LoopServer):
     """Listens on loopback, authenticates MONGODB-OIDC itself, forwards the rest to ``upstream``.
 
     Runs its own event loop in a daemon thread; counters, events and injections are thread-safe.
     """
+
+    thread_name = "oidc-proxy"
 
     def __init__(
         self,
@@ -94,25 +94,17 @@ class OIDCProxy(Service):
             allowed_principals=allowed_principals,
             clock=clock,
         )
+        super().__init__(host=host, port=port)
         self._clock = clock
-        self.address = (host, port)
         self._lock = threading.Lock()
         self._reauth_pending = 0
         self._reauth_commands: frozenset[str] | None = None
         self._reauth_sent = 0
         self._errors_pending: dict[str, tuple[int, str, int]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
         # Loop-thread state. Tasks are held only because asyncio keeps weak references to them. Client writers are
         # tracked too: a connection task cancelled before its first step never runs its own cleanup.
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def uri(self) -> str:
-        """Connection string for the proxy (add the OIDC options to it or to MongoClient)."""
-        return f"mongodb://{self.address[0]}:{self.address[1]}/?directConnection=true"
 
     @property
     def audience(self) -> str:
@@ -165,52 +157,12 @@ class OIDCProxy(Service):
         with self._lock:
             self._errors_pending[command] = (code, message, count)
 
-    def start(self) -> OIDCProxy:
-        """Start listening; a no-op when already running."""
-        if self._loop is not None:
-            return self
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="oidc-proxy", daemon=True)
-        self._thread.start()
-        listening = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._accept, *self.address), loop)
-        try:
-            server = listening.result(timeout=_LOOP_CALL_TIMEOUT)
-        except BaseException:
-            self.stop()  # e.g. the port is taken: do not leave the loop thread behind
-            raise
-        self._server = server
-        self.address = server.sockets[0].getsockname()[:2]
+    def _started(self) -> None:
         _log.debug("OIDC proxy on %s:%d -> %s:%d", *self.address, *self.upstream)
-        return self
 
-    def stop(self) -> None:
-        """Close the listener and every connection, then end the loop thread; idempotent."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_LOOP_CALL_TIMEOUT)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        loop.close()
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Every task on this private loop belongs to the proxy: connections, and accepts still in progress
-        # (which may start new connections, hence the loop).
-        current = asyncio.current_task()
-        while pending := asyncio.all_tasks() - {current}:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def _close_connections(self) -> None:
         await _close(*self._writers)
         self._writers.clear()
-        if self._server is not None:
-            await self._server.wait_closed()  # after the connections: since Python 3.12 it waits for them
-            self._server = None
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """asyncio's callback for a new client connection (a plain function, so the proxy owns the task)."""

@@ -25,37 +25,30 @@ from localdev.standins.faithful.errors import (
     CommandError,
 )
 from localdev.standins.faithful.framing import Request, decode_request
-from localdev.standins.service import Service
+from localdev.standins.loop_server import LoopServer
 
 _log = logging.getLogger(__name__)
 
-_LOOP_CALL_TIMEOUT = 10.0
 
-
-class FaithfulServer(Service):
+class FaithfulServer(LoopServer):
     """A MongoDB wire server that stores every document as the exact bytes it received (see the package doc).
 
     ``replica_set=True`` presents a one-member replica set ``rs0`` (sessions, transactions, change streams);
     ``False`` a standalone.
     """
 
+    thread_name = "faithful-mongo"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, replica_set: bool = True) -> None:
-        self.address = (host, port)
+        super().__init__(host=host, port=port)
         self._engine = Engine(replica_set=replica_set)
         self._lock = threading.Lock()
         self._commands: list[str] = []
         self._connection_ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
         self._changed = asyncio.Event()  # set (and replaced) whenever the change log grows
         # Loop-thread state: asyncio keeps only weak references to tasks; writers are closed on stop.
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://{self.address[0]}:{self.address[1]}/?directConnection=true"
 
     # --- test hooks (any thread) ---------------------------------------------------------------------------
 
@@ -104,48 +97,13 @@ class FaithfulServer(Service):
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
-    def start(self) -> FaithfulServer:
-        """Start listening; a no-op when already running."""
-        if self._loop is not None:
-            return self
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="faithful-mongo", daemon=True)
-        self._thread.start()
-        listening = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._accept, *self.address), loop)
-        try:
-            server = listening.result(timeout=_LOOP_CALL_TIMEOUT)
-        except BaseException:
-            self.stop()
-            raise
-        self._server = server
-        self.address = server.sockets[0].getsockname()[:2]
+    def _started(self) -> None:
         with self._lock:
             self._engine.host = f"{self.address[0]}:{self.address[1]}"
             self._engine.store.log.listener = self._notify
         _log.debug("faithful MongoDB server on %s:%d", *self.address)
-        return self
 
-    def stop(self) -> None:
-        """Close the listener and every connection, then end the loop thread; idempotent."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_LOOP_CALL_TIMEOUT)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        loop.close()
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        current = asyncio.current_task()
-        while pending := asyncio.all_tasks() - {current}:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def _close_connections(self) -> None:
         writers = list(self._writers)
         self._writers.clear()
         for writer in writers:
@@ -153,9 +111,6 @@ class FaithfulServer(Service):
         for writer in writers:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     def _notify(self) -> None:
         """Called by the change log on append (in the loop thread, lock held): wake the waiting getMores."""

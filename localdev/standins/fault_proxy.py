@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 
-from localdev.standins.loop_server import LoopServer
+from localdev.standins.loop_server import LoopServer, close_writers
 
 __all__ = ["FaultProxy"]
 
@@ -184,7 +184,7 @@ class FaultProxy(LoopServer):
         self._links.clear()
         with self._lock:
             self._open -= len(links)
-        await _close(*(writer for link in links for writer in (link.client_writer, link.upstream_writer)))
+        await close_writers(*(writer for link in links for writer in (link.client_writer, link.upstream_writer)))
 
     # -- loop thread -------------------------------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ class FaultProxy(LoopServer):
             self._links.discard(link)
             with self._lock:
                 self._open -= 1
-            await _close(link.client_writer, link.upstream_writer)
+            await close_writers(link.client_writer, link.upstream_writer)
 
     async def _read_client(self, link: _Link, reader: asyncio.StreamReader) -> None:
         """Client -> queue, each chunk stamped with the time it is due upstream."""
@@ -309,13 +309,3 @@ class FaultProxy(LoopServer):
                     self._count("bytes_to_client", len(chunk))
         except ConnectionError:
             pass  # the upstream hung up abruptly: end the connection as if it had closed
-
-
-async def _close(*writers: asyncio.StreamWriter | None) -> None:
-    """Close every writer before waiting on any: a cancellation during the wait must not leave one open."""
-    opened = [writer for writer in writers if writer is not None]
-    for writer in opened:
-        writer.close()
-    for writer in opened:
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()

@@ -10,8 +10,8 @@ never meets a loop that is shutting down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from abc import abstractmethod
 from collections.abc import Callable
 from typing import Self, TypeVar
 
@@ -24,7 +24,8 @@ _T = TypeVar("_T")
 
 
 class LoopServer(Service):
-    """Subclasses say how to serve a connection (``_accept``) and what to close on stop (``_close_connections``)."""
+    """Subclasses say how to serve one connection (``_serve_connection``); by default each runs as a task of its own
+    and its writer is closed on stop (a subclass that tracks more overrides ``_accept`` and ``_close_connections``)."""
 
     thread_name = "loop-server"
 
@@ -34,6 +35,10 @@ class LoopServer(Service):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
+        # Loop-thread state: asyncio keeps only weak references to tasks; writers are tracked too, because a task
+        # cancelled before its first step never runs its own cleanup.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -93,13 +98,23 @@ class LoopServer(Service):
 
             return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=LOOP_CALL_TIMEOUT)
 
-    @abstractmethod
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection until it ends (discard ``writer`` from ``_writers`` when done); a subclass
+        implements this, or overrides ``_accept`` to serve connections its own way."""
+        raise NotImplementedError
+
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """asyncio's callback for a new connection (a plain function, so the subclass owns the task it starts)."""
+        """asyncio's callback for a new connection (a plain function, so the server owns the task it starts)."""
+        self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._serve_connection(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _close_connections(self) -> None:
-        """Close what the subclass tracks; its tasks are cancelled already (a task cancelled before its first step
-        never ran its own cleanup)."""
+        """Close what is tracked; the tasks are cancelled already."""
+        writers = list(self._writers)
+        self._writers.clear()
+        await close_writers(*writers)
 
     def _prepare(self) -> None:
         """Before the loop starts (state that binds to a loop, such as an ``asyncio.Event``, made anew)."""
@@ -119,3 +134,13 @@ class LoopServer(Service):
         if self._server is not None:
             await self._server.wait_closed()  # after the connections: since Python 3.12 it waits for them
             self._server = None
+
+
+async def close_writers(*writers: asyncio.StreamWriter | None) -> None:
+    """Close every writer before waiting on any: a cancellation during the wait must not leave one open."""
+    opened = [writer for writer in writers if writer is not None]
+    for writer in opened:
+        writer.close()
+    for writer in opened:
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from localdev.standins import wire
-from localdev.standins.loop_server import LoopServer
+from localdev.standins.loop_server import LoopServer, close_writers
 from localdev.standins.oidc_auth import (
     AUTHENTICATION_FAILED,
     REAUTHENTICATION_REQUIRED,
@@ -101,10 +100,6 @@ class OIDCProxy(LoopServer):
         self._reauth_commands: frozenset[str] | None = None
         self._reauth_sent = 0
         self._errors_pending: dict[str, tuple[int, str, int]] = {}
-        # Loop-thread state. Tasks are held only because asyncio keeps weak references to them. Client writers are
-        # tracked too: a connection task cancelled before its first step never runs its own cleanup.
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def audience(self) -> str:
@@ -160,17 +155,6 @@ class OIDCProxy(LoopServer):
     def _started(self) -> None:
         _log.debug("OIDC proxy on %s:%d -> %s:%d", *self.address, *self.upstream)
 
-    async def _close_connections(self) -> None:
-        await _close(*self._writers)
-        self._writers.clear()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """asyncio's callback for a new client connection (a plain function, so the proxy owns the task)."""
-        self._writers.add(writer)
-        task = asyncio.get_running_loop().create_task(self._serve_connection(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
@@ -189,7 +173,7 @@ class OIDCProxy(LoopServer):
             _log.warning("OIDC proxy closes a connection: %s", exc)
         finally:
             self._writers.discard(writer)
-            await _close(writer, upstream_writer)
+            await close_writers(writer, upstream_writer)
 
     async def _dispatch(
         self,
@@ -265,16 +249,6 @@ class OIDCProxy(LoopServer):
             if due:
                 self._reauth_sent += 1
         return due
-
-
-async def _close(*writers: asyncio.StreamWriter | None) -> None:
-    """Close every writer before waiting on any: a cancellation during the wait must not leave one open."""
-    opened = [writer for writer in writers if writer is not None]
-    for writer in opened:
-        writer.close()
-    for writer in opened:
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 def _strip_hello(command: dict[str, Any]) -> dict[str, Any]:

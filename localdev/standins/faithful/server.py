@@ -46,9 +46,6 @@ class FaithfulServer(LoopServer):
         self._commands: list[str] = []
         self._connection_ids = itertools.count(1)
         self._changed = asyncio.Event()  # set (and replaced) whenever the change log grows
-        # Loop-thread state: asyncio keeps only weak references to tasks; writers are closed on stop.
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     # --- test hooks (any thread) ---------------------------------------------------------------------------
 
@@ -103,27 +100,12 @@ class FaithfulServer(LoopServer):
             self._engine.store.log.listener = self._notify
         _log.debug("faithful MongoDB server on %s:%d", *self.address)
 
-    async def _close_connections(self) -> None:
-        writers = list(self._writers)
-        self._writers.clear()
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
     def _notify(self) -> None:
         """Called by the change log on append (in the loop thread, lock held): wake the waiting getMores."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     # --- connections ---------------------------------------------------------------------------------------
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.get_running_loop().create_task(self._serve_connection(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection_id = next(self._connection_ids)

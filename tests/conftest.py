@@ -27,7 +27,7 @@ from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
 from shared.config import MongoConfig, ReplicatorConfig
 from shared.position import CheckpointStore
-from shared.replicate import Replicator
+from shared.replicate import ReplayResult, Replicator, replay
 from shared.services import Services, build_services
 from shared.telemetry import AuthMetrics, ReplicationMetrics
 
@@ -262,3 +262,16 @@ def restore_logging() -> Iterator[None]:
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     ours.setLevel(saved[2])
+
+
+def replay_stream(services: Services, name: str = "orders", **overrides: Any) -> ReplayResult:
+    """``replay`` of one stream with the services' collaborators (any of them overridden by keyword)."""
+    stream = services.config.stream(name)
+    collaborators: dict[str, Any] = {
+        "dead_letters": services.dead_letters,
+        "checkpoints": services.checkpoints,
+        "source": services.clients.collection(stream.source),
+        "estuary": services.clients.collection(stream.estuary),
+        "clock": services.clock,
+    }
+    return replay(stream, **{**collaborators, **overrides})

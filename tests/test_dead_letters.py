@@ -15,8 +15,8 @@ from shared.cli import main
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
 from shared.dead_letters import DeadLetters, without_values
-from shared.replicate import Replicator, replay
-from tests.conftest import FakeClock, Harness, write_config
+from shared.replicate import Replicator
+from tests.conftest import FakeClock, Harness, replay_stream, write_config
 
 PERSONAL = ("x@y", "Ada Lovelace", "Grace Hopper", "Alan Turing")  # what no output may show
 
@@ -217,7 +217,6 @@ def test_replay_should_stop_before_its_lease_could_run_out(harness):
     park_by_refusal(harness, replicator, "b", "c")
     harness.estuary.drop_index("email_1")
     services = harness.services()
-    stream = services.config.stream("orders")
 
     class LateClock(SystemClock):
         """The real time until the first batch is replayed, then far beyond the lease."""
@@ -235,15 +234,8 @@ def test_replay_should_stop_before_its_lease_could_run_out(harness):
             clock.late = True
             return removed
 
-    result = replay(
-        stream,
-        dead_letters=FirstBatchDone(harness.state.dead_letters, clock=SystemClock()),
-        checkpoints=services.checkpoints,
-        source=services.clients.collection(stream.source),
-        estuary=services.clients.collection(stream.estuary),
-        clock=clock,
-        batch_size=1,
-    )
+    dead_letters = FirstBatchDone(harness.state.dead_letters, clock=SystemClock())
+    result = replay_stream(services, dead_letters=dead_letters, clock=clock, batch_size=1)
     assert (result.outcome, result.replayed, result.remaining) == ("lease_expiring", 1, 1)
     assert harness.checkpoints.acquire("orders", "next-pass", 10) is not None
 

@@ -28,10 +28,9 @@ from shared.cli import main
 from shared.clock import SystemClock
 from shared.config import ReplicatorConfig
 from shared.raw_bson import RAW
-from shared.replicate import replay
 from shared.services import Services, build_services
 from shared.verify import VerifyOptions, verify_stream
-from tests.conftest import Metrics, write_config
+from tests.conftest import Metrics, replay_stream, write_config
 
 SOURCE, ESTUARY = "shop.orders", "replica.orders"
 IDS: list[Any] = [COMPOUND_ID, Decimal128("7.25"), DatetimeMS(2**62), "plain"]
@@ -224,15 +223,7 @@ def test_dead_letters_should_park_list_and_replay_exotic_documents_exactly(world
     (listing,) = json.loads(capsys.readouterr().out)
     assert listing["newest"][0]["document_key"] == {"_id": {"b": 1, "a": {"$numberDecimal": "1.5"}}}
     world.estuary.drop_index("email_1")
-    stream = services.config.stream("orders")
-    result = replay(
-        stream,
-        dead_letters=services.dead_letters,
-        checkpoints=services.checkpoints,
-        source=services.clients.collection(stream.source),
-        estuary=services.clients.collection(stream.estuary),
-        clock=SystemClock(),
-    )
+    result = replay_stream(services)
     assert (result.replayed, result.remaining) == (1, 0)
     assert world.estuary_bytes()[key] == world.source_bytes()[key]
 

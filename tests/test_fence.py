@@ -19,8 +19,8 @@ from shared.fence import FENCES_COLLECTION, TXN_MAX_BYTES, TXN_MAX_OPS, EstuaryF
 from shared.lease import HeldLease, Lease
 from shared.position import CheckpointStore
 from shared.raw_bson import raw_document
-from shared.replicate import Replicator, replay
-from tests.conftest import FakeClock, Harness
+from shared.replicate import Replicator
+from tests.conftest import FakeClock, Harness, replay_stream
 
 
 def fence_for(
@@ -191,7 +191,6 @@ def test_a_replay_should_claim_the_fence_so_an_earlier_pass_can_no_longer_write(
     stale = fence_for(harness, 1)  # a pass of that lease that wrote, then stalled
     stale.claim()
     services = harness.services(harness.config(fencing="transaction"))
-    stream = services.config.stream("orders")
     harness.source.insert_one({"_id": "p"})
     services.dead_letters.park(
         "orders",
@@ -200,14 +199,7 @@ def test_a_replay_should_claim_the_fence_so_an_earlier_pass_can_no_longer_write(
         message="refused",
         attempts=3,
     )
-    result = replay(
-        stream,
-        dead_letters=services.dead_letters,
-        checkpoints=services.checkpoints,
-        source=services.clients.collection(stream.source),
-        estuary=services.clients.collection(stream.estuary),
-        clock=SystemClock(),
-    )
+    result = replay_stream(services)
     assert (result.outcome, result.replayed) == ("done", 1)
     assert (fence_document(harness) or {})["owner"].startswith("dead-letters-replay@")
     with pytest.raises(FenceLostError):

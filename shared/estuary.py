@@ -49,9 +49,6 @@ _WRITES = frozenset({"insert", "update", "replace"})
 _log = get_logger(__name__)
 
 
-Writes = Callable[[Sequence[WriteOp]], dict[int, "Refusal"]]  # writes a bulk; the refused writes by index
-
-
 @dataclass
 class ApplyResult:
     """What one batch did to the estuary."""
@@ -68,6 +65,9 @@ class Refusal:
 
     code: int | None
     message: str
+
+
+Writes = Callable[[Sequence[WriteOp]], dict[int, Refusal]]  # writes a bulk; the refused writes by index
 
 
 @dataclass(frozen=True)

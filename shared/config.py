@@ -18,195 +18,67 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared import mongo_uri
-from shared.auth.scopes import DOCUMENTDB_SCOPE, scope_problem
-from shared.config_types import Duration, FieldProblems, check_uuid
+from shared import mongo_uri, scope
+from shared.config_endpoint import BAD_DATABASE_CHARS, MongoConfig
+from shared.config_types import Duration, FieldProblems, TransformConfig
 from shared.errors import ConfigError
+from shared.scope import Scope
 
-AuthMethod = Literal["connection_string", "entra"]
+__all__ = ["MongoConfig", "ReplicatorConfig", "StreamConfig", "TransformConfig"]
+
 FullDocument = Literal["updateLookup", "whenAvailable", "required", "default"]
 # https://learn.microsoft.com/azure/documentdb/change-streams: the pipeline stages a change stream accepts.
 _ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset"})
-CredentialKind = Literal["auto", "managed_identity", "developer"]
 
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_BAD_DATABASE_CHARS = set('/\\. "$*<>:|?')
-
-
-class MongoConfig(BaseModel):
-    """One MongoDB connection (source, estuary or checkpoint store), flat as in the feature list."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    connection_uri: str = Field(
-        description="mongodb:// or mongodb+srv:// URI; may reference app settings as ${NAME}. With 'entra' it must "
-        "hold no user, password or auth options."
-    )
-    database: str | None = Field(None, description="Database name (required for stream endpoints and checkpoints).")
-    collection: str | None = Field(None, description="Collection name (required for stream endpoints).")
-    auth_method: AuthMethod = Field(
-        "connection_string",
-        description="'connection_string' (credentials in the URI, the default) or 'entra' (MONGODB-OIDC with a "
-        "Microsoft Entra ID token from the managed identity or, locally, your developer login).",
-    )
-    tenant_id: str | None = Field(None, description="Entra directory (tenant) id; required for 'entra'.")
-    credential: CredentialKind = Field(
-        "auto",
-        description="Where 'entra' tokens come from: 'managed_identity', 'developer' (az / azd login) or 'auto' "
-        "(managed identity inside Azure Functions / App Service, developer login elsewhere).",
-    )
-    client_id: str | None = Field(
-        None,
-        description="Client id of a user-assigned managed identity; omit for the system-assigned identity.",
-    )
-    scopes: tuple[str, ...] = Field(
-        (DOCUMENTDB_SCOPE,),
-        description="Token scope: exactly one, ending in /.default. The default is what Azure DocumentDB expects; "
-        "audiences of other Azure services (ARM, Storage, Key Vault, Graph, SQL, Cosmos DB for NoSQL) are rejected; "
-        "api:// and application-id audiences are allowed.",
-    )
-    refresh_before_expiry: Duration = Field(
-        300.0,
-        le=3600.0,
-        description="Fetch a new token when the cached one expires within this time (within half its "
-        "lifetime for tokens shorter than twice this).",
-    )
-    auth_timeout: Duration = Field(30.0, description="Upper bound of one token request (connect and read).")
-    retry_max_attempts: int = Field(3, ge=1, le=10, description="Token requests per fetch, first one included.")
-    retry_initial_delay: Duration = Field(1.0, description="Backoff before the first retry of a token request.")
-    retry_max_delay: Duration = Field(
-        10.0, description="Upper bound of the backoff between token requests; not below retry_initial_delay."
-    )
-    retry_multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Backoff growth factor between retries.")
-
-    @field_validator("connection_uri")
-    @classmethod
-    def _uri_shape(cls, uri: str) -> str:
-        if not mongo_uri.has_scheme(uri):
-            raise ValueError("must start with mongodb:// or mongodb+srv://")
-        if any(ch.isspace() for ch in uri):
-            raise ValueError("must not contain spaces (percent-encode them as %20)")
-        return uri
-
-    @field_validator("tenant_id")
-    @classmethod
-    def _tenant_uuid(cls, value: str | None) -> str | None:
-        return check_uuid(value, "the Entra directory (tenant) id")
-
-    @field_validator("client_id")
-    @classmethod
-    def _client_uuid(cls, value: str | None) -> str | None:
-        return check_uuid(value, "the managed identity's client id, not its object id or name")
-
-    @field_validator("database")
-    @classmethod
-    def _database_name(cls, value: str | None) -> str | None:
-        if value is not None and (not value or set(value) & _BAD_DATABASE_CHARS or len(value) > 63):
-            raise ValueError('must be 1-63 characters without / \\ . space " $ * < > : | ?')
-        return value
-
-    @field_validator("collection")
-    @classmethod
-    def _collection_name(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "$" in value or value.startswith("system.")):
-            raise ValueError("must be non-empty, without '$', and not a system.* collection")
-        return value
-
-    @field_validator("scopes")
-    @classmethod
-    def _scopes(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
-        if not scopes:
-            raise ValueError(f"must not be empty (Azure DocumentDB: ['{DOCUMENTDB_SCOPE}'])")
-        if len(scopes) > 1:
-            raise ValueError("must hold exactly one scope: an Entra token is issued for a single audience")
-        problem = scope_problem(scopes[0])
-        if problem:
-            raise ValueError(problem)
-        return scopes
-
-    @model_validator(mode="after")
-    def _auth_rules(self) -> MongoConfig:
-        problems = list(self._entra_problems() if self.auth_method == "entra" else self._uri_auth_problems())
-        if self.retry_max_delay < self.retry_initial_delay:
-            problems.append(("retry_max_delay", "must not be smaller than retry_initial_delay"))
-        if problems:
-            raise FieldProblems(problems)
-        return self
-
-    def _entra_problems(self) -> Iterator[tuple[str, str]]:
-        if self.tenant_id is None:
-            yield "tenant_id", "is required when auth_method is 'entra' (your Entra directory id)"
-        if mongo_uri.has_credentials(self.connection_uri):
-            yield (
-                "connection_uri",
-                "must not contain a user name or password when auth_method is 'entra' (the managed identity's "
-                "token is the credential); remove the 'user:password@' part",
-            )
-        set_by_us = {"authmechanism", "authmechanismproperties", "authsource"} & mongo_uri.options(
-            self.connection_uri
-        ).keys()
-        if set_by_us:
-            yield (
-                "connection_uri",
-                f"remove {', '.join(sorted(set_by_us))}: auth_method 'entra' sets MONGODB-OIDC with the "
-                "replicator's token provider itself",
-            )
-
-    def _uri_auth_problems(self) -> Iterator[tuple[str, str]]:
-        if mongo_uri.options(self.connection_uri).get("authmechanism", "").upper() == "MONGODB-OIDC":
-            yield (
-                "connection_uri",
-                "authMechanism=MONGODB-OIDC in the URI uses pymongo's built-in Azure support, which calls the VM "
-                "metadata endpoint that Azure Functions does not offer; set auth_method: entra instead",
-            )
-
-    @property
-    def scope(self) -> str:
-        return self.scopes[0]
-
-    @property
-    def token_settings(self) -> tuple[float, float, int, float, float, float]:
-        """Settings of the token provider; endpoints sharing an identity must agree on them."""
-        return (
-            self.refresh_before_expiry,
-            self.auth_timeout,
-            self.retry_max_attempts,
-            self.retry_initial_delay,
-            self.retry_max_delay,
-            self.retry_multiplier,
-        )
-
-
-class TransformConfig(BaseModel):
-    """Field mapping applied to each document before it is written to the estuary."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rename: dict[str, str] = Field(default_factory=dict, description="Top-level fields to rename: {old: new}.")
-    drop: tuple[str, ...] = Field((), description="Top-level fields to leave out of the estuary.")
-
-    @model_validator(mode="after")
-    def _rules(self) -> TransformConfig:
-        names = [*self.rename, *self.rename.values(), *self.drop]
-        problems = [
-            (n, "must be a top-level field name (no '.', not starting with '$')") for n in names if _bad_field(n)
-        ]
-        if "_id" in names:
-            problems.append(("_id", "cannot be renamed or dropped: the estuary is keyed by it"))
-        if problems:
-            raise FieldProblems(problems)
-        return self
 
 
 class StreamConfig(BaseModel):
-    """One replicated collection: source change stream -> estuary collection."""
+    """One replicated collection, database or cluster: source change stream(s) -> estuary collection(s).
+
+    A source without ``collection`` makes a *scoped* stream (see ``shared.scope``): every matching collection is
+    replicated as a unit of its own (``member`` builds its configuration) with every setting of this stream.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Unique stream name: letters, digits, '_', '-', '.'; at most 63 characters.")
     enabled: bool = Field(True, description="Disabled streams are validated but not replicated.")
-    source: MongoConfig = Field(description="The collection whose change stream is read.")
-    estuary: MongoConfig = Field(description="The collection the changes are applied to.")
+    source: MongoConfig = Field(
+        description="The collection whose change stream is read; without collection, every collection of the "
+        "database; without database either, every collection of the cluster."
+    )
+    estuary: MongoConfig = Field(
+        description="The collection the changes are applied to; for a scoped source, the database (database scope) "
+        "or the cluster (cluster scope) the collections keep their names in."
+    )
+    include: tuple[str, ...] = Field(
+        (),
+        description="Scoped streams: glob patterns (*, ?, [seq]) on collection names ('database.collection' in a "
+        "cluster scope); default: every collection. system.* and the replicator's own collections never match.",
+    )
+    exclude: tuple[str, ...] = Field((), description="Scoped streams: glob patterns of collections to leave out.")
+    estuary_database_prefix: str = Field(
+        "",
+        description="Cluster scope: put before every estuary database name (needed to copy a cluster into itself; "
+        "source databases starting with it are then never read).",
+    )
+    cursor: Literal["per_collection", "single"] = Field(
+        "per_collection",
+        description="Scoped streams: 'per_collection' (a change stream per collection; what Azure DocumentDB "
+        "supports) or 'single' (one change stream for the whole database or cluster, routed by namespace; MongoDB "
+        "6+ only).",
+    )
+    collections_per_pass: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="Scoped streams: collections one pass serves (one queue message each tick); each is read until "
+        "caught up, so idle collections cost one poll.",
+    )
+    collection_concurrency: int = Field(
+        4, ge=1, le=32, description="Scoped streams: collections a pass reads at once (threads; connections)."
+    )
     pipeline: tuple[dict[str, Any], ...] = Field(
         (),
         description="Change-stream stages; only $match, $project, $addFields, $set, $unset (what DocumentDB allows).",
@@ -240,11 +112,18 @@ class StreamConfig(BaseModel):
         description="Copy the source collection into the estuary (resumable, in _id order) before streaming its "
         "changes from the point captured when the copy began; without it a new stream starts at 'now'.",
     )
-    on_history_lost: Literal["fail", "start_now", "resnapshot"] = Field(
+    on_history_lost: Literal["fail", "start_now", "resnapshot", "rewind"] = Field(
         "fail",
         description="When the saved resume token is gone from the change log: 'fail' stops the stream loudly; "
         "'start_now' continues from now and records the gap (reported by status); 'resnapshot' copies the "
-        "collection again (as initial_sync does) and converges without a gap.",
+        "collection again (as initial_sync does) and converges without a gap; 'rewind' reopens at the cluster time "
+        "of the last applied event (less rewind_margin) and, when that is gone too, follows rewind_fallback.",
+    )
+    rewind_fallback: Literal["fail", "start_now", "resnapshot"] = Field(
+        "fail", description="on_history_lost 'rewind': the policy when the change log no longer reaches that time."
+    )
+    rewind_margin: Duration = Field(
+        10.0, le=3600.0, description="on_history_lost 'rewind': how far before the last applied event to reopen."
     )
     on_invalidate: Literal["stop", "ignore"] = Field(
         "stop",
@@ -303,17 +182,101 @@ class StreamConfig(BaseModel):
 
     @model_validator(mode="after")
     def _endpoints(self) -> StreamConfig:
-        problems = [
-            (f"{role}.{field}", f"is required for a stream {role}")
-            for role, endpoint in (("source", self.source), ("estuary", self.estuary))
-            for field in ("database", "collection")
-            if getattr(endpoint, field) is None
-        ]
-        if not problems and _same_collection(self.source, self.estuary):
-            problems.append(("estuary", "is the source collection itself; replicating onto itself would loop"))
+        problems = list(self._scope_problems())
+        problems += [("include", p) for p in scope.pattern_problems(self.include)]
+        problems += [("exclude", p) for p in scope.pattern_problems(self.exclude)]
         if problems:
             raise FieldProblems(problems)
         return self
+
+    def _scope_problems(self) -> Iterator[tuple[str, str]]:
+        source, estuary, kind = self.source, self.estuary, self.scope
+        same_cluster = _same_cluster(source, estuary)
+        if kind == "collection":
+            if source.database is None:
+                yield "source.database", "is required for a stream source that names a collection"
+            yield from (
+                (f"estuary.{field}", "is required for a stream estuary")
+                for field in ("database", "collection")
+                if getattr(estuary, field) is None
+            )
+            yield from (
+                (field, "applies only to a scoped stream (a source without collection)")
+                for field in ("include", "exclude", "estuary_database_prefix", "cursor")
+                if field in self.model_fields_set and getattr(self, field) != StreamConfig.model_fields[field].default
+            )
+            if same_cluster and (source.database, source.collection) == (estuary.database, estuary.collection):
+                yield "estuary", "is the source collection itself; replicating onto itself would loop"
+            return
+        if estuary.collection is not None:
+            yield "estuary.collection", "must be omitted when the source names no collection: each keeps its name"
+        if kind == "database":
+            if estuary.database is None:
+                yield "estuary.database", "is required: the database the source's collections are copied into"
+            elif same_cluster and estuary.database == source.database:
+                yield "estuary", "is the source database itself; replicating onto itself would loop"
+            if self.estuary_database_prefix:
+                yield "estuary_database_prefix", "applies to a whole-cluster scope only (a source without database)"
+            return
+        if estuary.database is not None:
+            yield (
+                "estuary.database",
+                "must be omitted when the source names no database: each database keeps its name (behind "
+                "estuary_database_prefix)",
+            )
+        if same_cluster and not self.estuary_database_prefix:
+            yield "estuary", "is the source cluster itself; set estuary_database_prefix so no database maps onto itself"
+        if set(self.estuary_database_prefix) & BAD_DATABASE_CHARS:
+            yield "estuary_database_prefix", 'must not contain / \\ . space " $ * < > : | ?'
+
+    @property
+    def scope(self) -> Scope:
+        """``collection`` (one collection), ``database`` or ``cluster`` (every matching collection in it)."""
+        if self.source.collection is not None:
+            return "collection"
+        return "database" if self.source.database is not None else "cluster"
+
+    def member(self, member: str) -> StreamConfig:
+        """The configuration that replicates one collection of this scoped stream, as the unit ``<name>/<member>``."""
+        problem = self.member_problem(member)
+        if problem:
+            raise ConfigError(
+                [f"stream '{self.name}': {problem}"],
+                hint="python -m shared status --stream NAME lists the collections a scoped stream replicates",
+            )
+        database, collection = scope.split_member(member, self.scope)
+        source_db = database or self.source.database
+        estuary_db = self.estuary.database if database is None else self.estuary_database_prefix + database
+        return self.model_copy(
+            update={
+                "name": scope.unit_name(self.name, member),
+                "source": self.source.model_copy(update={"database": source_db, "collection": collection}),
+                "estuary": self.estuary.model_copy(update={"database": estuary_db, "collection": collection}),
+                "include": (),
+                "exclude": (),
+                "estuary_database_prefix": "",
+                "cursor": "per_collection",
+            }
+        )
+
+    def member_problem(self, member: str) -> str | None:
+        """Why ``member`` cannot be one of this stream's collections, or ``None``."""
+        if self.scope == "collection":
+            return "it replicates one collection; --collection applies to a scoped stream (a source without collection)"
+        database, collection = scope.split_member(member, self.scope)
+        if database is not None and not (collection and _database_name_ok(database, self.estuary_database_prefix)):
+            return f"'{member}' is not 'database.collection' with a valid database name (at most 63 characters)"
+        if not collection or "$" in collection or scope.UNIT_SEPARATOR in member:
+            return f"'{member}' is not a valid collection name"
+        if (
+            database is not None
+            and _same_cluster(self.source, self.estuary)
+            and (database.startswith(self.estuary_database_prefix))
+        ):
+            return f"'{member}' is in a database this stream writes to (estuary_database_prefix)"
+        if not scope.covers(member, self.scope, self.include, self.exclude):
+            return f"'{member}' is not covered by the stream's include / exclude patterns (or is a system collection)"
+        return None
 
 
 class ReplicatorConfig(BaseModel):
@@ -336,17 +299,19 @@ class ReplicatorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_stream_rules(self) -> ReplicatorConfig:
-        problems = [*self._duplicate_names(), *self._token_setting_conflicts()]
+        problems = [*self._duplicate_names(), *self._token_setting_conflicts(), *self._estuary_overlaps()]
         if problems:
             raise FieldProblems(problems)
         return self
 
     def stream(self, name: str) -> StreamConfig:
-        """The stream called ``name``; an unknown name is a configuration error that lists the known ones."""
+        """The stream called ``name``, or the unit ``stream/member`` of a scoped stream; an unknown name is a
+        configuration error that lists the known ones."""
+        stream_name, member = scope.split_unit(name)
         for stream in self.streams:
-            if stream.name == name:
-                return stream
-        raise ConfigError([f"no stream named '{name}' (configured: {', '.join(s.name for s in self.streams)})"])
+            if stream.name == stream_name:
+                return stream if member is None else stream.member(member)
+        raise ConfigError([f"no stream named '{stream_name}' (configured: {', '.join(s.name for s in self.streams)})"])
 
     def endpoints(self) -> Iterator[tuple[str, MongoConfig]]:
         """Every connection with its config path, checkpoints first."""
@@ -365,6 +330,17 @@ class ReplicatorConfig(BaseModel):
                 )
             first.setdefault(stream.name, i)
 
+    def _estuary_overlaps(self) -> Iterator[tuple[str, str]]:
+        """Two streams that could write the same estuary collection (discovery refuses the rest at run time)."""
+        for j, later in enumerate(self.streams):
+            for i, earlier in enumerate(self.streams[:j]):
+                if _same_cluster(earlier.estuary, later.estuary) and _may_share_estuary(earlier, later):
+                    yield (
+                        f"streams[{j}].estuary",
+                        f"may write into the same estuary collection as streams[{i}] ('{earlier.name}'); give each "
+                        "stream its own estuary database (or collection, or estuary_database_prefix)",
+                    )
+
     def _token_setting_conflicts(self) -> Iterator[tuple[str, str]]:
         seen: dict[tuple[str | None, str | None, str], tuple[str, MongoConfig]] = {}
         for path, endpoint in self.endpoints():
@@ -381,13 +357,28 @@ class ReplicatorConfig(BaseModel):
                 )
 
 
-def _bad_field(name: str) -> bool:
-    return not name or "." in name or name.startswith("$")
+def _may_share_estuary(a: StreamConfig, b: StreamConfig) -> bool:
+    """Whether the estuary collections of two streams on one cluster can coincide (a scoped stream: any it covers)."""
+    if a.scope == "cluster" or b.scope == "cluster":
+        wide, other = (a, b) if a.scope == "cluster" else (b, a)
+        prefix = wide.estuary_database_prefix
+        if other.scope == "cluster":
+            return prefix.startswith(other.estuary_database_prefix) or other.estuary_database_prefix.startswith(prefix)
+        return (other.estuary.database or "").startswith(prefix)
+    if a.estuary.database != b.estuary.database:
+        return False
+    if a.scope == b.scope == "collection":
+        return a.estuary.collection == b.estuary.collection
+    if a.scope == b.scope:
+        return True
+    scoped, single = (a, b) if a.scope == "database" else (b, a)
+    return scope.covers(single.estuary.collection or "", "database", scoped.include, scoped.exclude)
 
 
-def _same_collection(a: MongoConfig, b: MongoConfig) -> bool:
-    return (mongo_uri.addresses(a.connection_uri), a.database, a.collection) == (
-        mongo_uri.addresses(b.connection_uri),
-        b.database,
-        b.collection,
-    )
+def _same_cluster(a: MongoConfig, b: MongoConfig) -> bool:
+    return mongo_uri.addresses(a.connection_uri) == mongo_uri.addresses(b.connection_uri)
+
+
+def _database_name_ok(database: str, prefix: str) -> bool:
+    name = prefix + database
+    return bool(database) and not set(name) & BAD_DATABASE_CHARS and len(name) <= scope.MAX_DATABASE_NAME

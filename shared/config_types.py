@@ -1,4 +1,5 @@
-"""The value types and validation helpers of the configuration models: durations, UUIDs, grouped problems."""
+"""The value types, validation helpers and leaf models of the configuration: durations, UUIDs, grouped problems,
+the field mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 import uuid
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -46,3 +47,28 @@ def check_uuid(value: str | None, what: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         raise ValueError(f"must be a UUID ({what}, e.g. 00000000-0000-0000-0000-000000000000)") from None
+
+
+class TransformConfig(BaseModel):
+    """Field mapping applied to each document before it is written to the estuary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rename: dict[str, str] = Field(default_factory=dict, description="Top-level fields to rename: {old: new}.")
+    drop: tuple[str, ...] = Field((), description="Top-level fields to leave out of the estuary.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> TransformConfig:
+        names = [*self.rename, *self.rename.values(), *self.drop]
+        problems = [
+            (n, "must be a top-level field name (no '.', not starting with '$')") for n in names if _bad_field(n)
+        ]
+        if "_id" in names:
+            problems.append(("_id", "cannot be renamed or dropped: the estuary is keyed by it"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+
+def _bad_field(name: str) -> bool:
+    return not name or "." in name or name.startswith("$")

@@ -29,7 +29,7 @@ from shared.errors import AuthenticationRefusedError, CredentialUnavailableError
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from shared.config import CredentialKind
+    from shared.config_endpoint import CredentialKind
 
 _log = get_logger(__name__)
 

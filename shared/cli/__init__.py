@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from pymongo.errors import PyMongoError
 
-from shared.cli import auth_commands, dead_letters_command, replication_commands, verify_command
+from shared.cli import auth_commands, dead_letters_command, replication_commands, reset_command, verify_command
 from shared.cli.common import EXIT_FAILED, EXIT_USAGE, Execute, fail
 from shared.errors import ConfigError, ReplicatorError
 from shared.mongo_errors import explain
@@ -27,6 +27,7 @@ from shared.telemetry import configure_logging
 _COMMANDS = (
     *auth_commands.COMMANDS,
     *replication_commands.COMMANDS,
+    *reset_command.COMMANDS,
     *verify_command.COMMANDS,
     *dead_letters_command.COMMANDS,
 )

@@ -7,11 +7,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from shared import scope
 from shared.auth.mongo_client import ClientFactory
 from shared.config_loader import load_config
+from shared.errors import ConfigError
 from shared.services import Services, build_services
+
+if TYPE_CHECKING:
+    from shared.config import ReplicatorConfig, StreamConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +37,27 @@ def add_config(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="YAML or JSON configuration (default: the REPLICATOR_CONFIG setting)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_collection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--collection",
+        metavar="NAME",
+        help="one collection of a scoped stream (database.collection for a whole-cluster scope)",
+    )
+
+
+def one_stream(config: ReplicatorConfig, stream: str, collection: str | None) -> StreamConfig:
+    """The stream ``--stream`` names, or one collection of it (``--collection``); a scoped stream needs the latter."""
+    if collection is not None:
+        return config.stream(scope.unit_name(stream, collection))
+    found = config.stream(stream)
+    if found.scope != "collection":
+        raise ConfigError(
+            [f"stream '{stream}' replicates every matching collection of a {found.scope}: name one with --collection"],
+            hint=f"python -m shared status --stream {stream} lists them",
+        )
+    return found
 
 
 def seconds(text: str) -> float:

@@ -16,7 +16,7 @@ from shared.config import StreamConfig
 from shared.mongo_errors import explain
 from shared.operations import token_health
 from shared.position import Checkpoint, CopyProgress
-from shared.replicate import PassResult, Replicator, reset_stream
+from shared.replicate import PassResult, Replicator
 from shared.telemetry import correlation
 
 # ---------------------------------------------------------------------------------------------- run
@@ -189,40 +189,7 @@ def _render_status(stream: StreamConfig, cp: Checkpoint | None, now: float) -> s
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- reset
-
-
-def _configure_reset(parser: argparse.ArgumentParser) -> None:
-    add_config(parser)
-    parser.add_argument("--stream", required=True, metavar="NAME", help="the stream to reset")
-    parser.add_argument(
-        "--from",
-        dest="start",
-        required=True,
-        choices=("now", "resnapshot"),
-        help="now: continue from now, recording the skipped span as a gap; resnapshot: copy the collection again",
-    )
-
-
-def execute_reset(args: argparse.Namespace) -> int:
-    with services(args) as built:
-        checkpoint = reset_stream(built.config.stream(args.stream), args.start, checkpoints=built.checkpoints)
-    if args.json:
-        print(
-            json.dumps(
-                {"stream": args.stream, "from": args.start, "status": checkpoint.status, "phase": checkpoint.phase}
-            )
-        )
-    elif args.start == "resnapshot":
-        print(f"{args.stream}: the next pass copies the collection again, then streams from the point it captures")
-    else:
-        gap = " (the skipped span is recorded as a gap)" if checkpoint.gaps else ""
-        print(f"{args.stream}: the next pass starts from now{gap}")
-    return EXIT_OK
-
-
 COMMANDS = (
     Command("run", "replicate: passes for every enabled stream until Ctrl-C", _configure_run, execute_run),
     Command("status", "each stream's checkpoint: position, lag, counters, errors", _configure_status, execute_status),
-    Command("reset", "restart a stream from now, or copy it again (resnapshot)", _configure_reset, execute_reset),
 )

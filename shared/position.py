@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 # new: never ran; running: a pass is under way; idle: the last pass ended normally; retrying: the last pass failed
-# and the next one retries; stopped / failed: needs an operator (lifecycle event / lost resume token).
-StreamStatus = Literal["new", "running", "idle", "retrying", "stopped", "failed"]
+# and the next one retries; stopped / failed: needs an operator (lifecycle event / lost resume token); dropped: a
+# collection of a scoped stream that is gone from the source (discovery noticed).
+StreamStatus = Literal["new", "running", "idle", "retrying", "stopped", "failed", "dropped"]
 # streaming: the change stream is read from resume_token; copying: an initial sync / resnapshot is under way,
 # its progress in ``snapshot`` (a ``CopyProgress``).
 Phase = Literal["streaming", "copying"]
@@ -293,6 +294,13 @@ class CheckpointStore:
     def read(self, stream: str) -> Checkpoint | None:
         doc = self._collection.find_one({"_id": stream})
         return Checkpoint.from_document(doc) if doc else None
+
+    def units(self, stream: str) -> list[Checkpoint]:
+        """The checkpoints of a scoped stream's collections (``stream/...``), in name order."""
+        low = f"{stream}/"
+        high = low[:-1] + chr(ord("/") + 1)  # every _id that starts with "stream/" sorts in [low, high)
+        docs = self._collection.find({"_id": {"$gte": low, "$lt": high}}).sort("_id", 1)
+        return [Checkpoint.from_document(doc) for doc in docs]
 
     def _fenced(self, lease: Lease, update: Mapping[str, Any]) -> None:
         """One conditional write; a transient failure (throttling 16500, an election) is tried again a few times

@@ -69,7 +69,8 @@ def schedule_passes(
     passes: func.Out[typing.List[str]],  # noqa: UP006
     context: func.Context,
 ) -> None:
-    """Fan out: one pass request per enabled stream, correlated by this invocation's id."""
+    """Fan out: one pass request per enabled stream (per group of collections of a scoped stream), correlated by
+    this invocation's id."""
     _telemetry_configured()
     with correlation(context.invocation_id):
         try:
@@ -77,6 +78,7 @@ def schedule_passes(
             messages = schedule(
                 services.config,
                 checkpoints=services.checkpoints,
+                discovery=services.discovery,
                 metrics=services.metrics,
                 correlation_id=context.invocation_id,
                 now=time.time(),
@@ -87,7 +89,7 @@ def schedule_passes(
         if messages:
             passes.set(messages)
         _log.info(
-            "enqueued %d pass request(s), one per enabled stream%s",
+            "enqueued %d pass request(s)%s",
             len(messages),
             " (the timer was past due)" if timer.past_due else "",
             extra={"event": "passes_enqueued", "count": len(messages)},
@@ -116,20 +118,21 @@ def replicate_stream(message: func.QueueMessage, context: func.Context) -> None:
             extra={"stream": request.stream, "dequeue_count": dequeue_count},
         )
         try:
-            result = _services().replicator.run_pass(request.stream)
+            results = _services().replicator.run_requested(request.stream, request.collections)
         except ReplicatorError as exc:
             if exc.transient:
                 raise
             _log.error("stream %s: pass not run or ended for good: %s", request.stream, exc)
             return
-        if result.outcome in _NEEDS_ATTENTION:
-            _log.error(
-                "stream %s is %s and needs attention: %s (python -m shared status shows the checkpoint)",
-                request.stream,
-                result.outcome,
-                result.detail or "no detail recorded",
-                extra={"stream": request.stream, "outcome": result.outcome},
-            )
+        for result in results:
+            if result.outcome in _NEEDS_ATTENTION:
+                _log.error(
+                    "stream %s is %s and needs attention: %s (python -m shared status shows the checkpoint)",
+                    result.stream,
+                    result.outcome,
+                    result.detail or "no detail recorded",
+                    extra={"stream": result.stream, "outcome": result.outcome},
+                )
 
 
 @app.route(route="test-auth", methods=["GET"])

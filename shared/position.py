@@ -1,9 +1,9 @@
 """The checkpoint store: one fenced document per stream in a MongoDB / Cosmos collection.
 
-A stream's document holds its resume token, the time of the last applied event, counters, status, the last
-error, recorded gaps, and a lease ``{owner, epoch, expires_at}``. A worker takes the lease with a conditional
-update that bumps the epoch; every later write is conditional on ``(owner, epoch)``, so a worker whose lease
-was taken over (timer overlap, a slow pass, a duplicated queue message) fails its next write with
+A stream's document holds its resume token, the time and cluster time of the last applied event, counters, status,
+the last error, recorded gaps, the last rewind, and a lease ``{owner, epoch, expires_at}``. A worker takes the lease
+with a conditional update that bumps the epoch; every later write is conditional on ``(owner, epoch)``, so a worker
+whose lease was taken over (timer overlap, a slow pass, a duplicated queue message) fails its next write with
 ``LeaseLostError`` and stops before applying anything more. The token moves only in ``save``, which the pass
 calls after the estuary acknowledged the batch.
 
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from bson import Timestamp
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -96,6 +97,8 @@ class Checkpoint:
     snapshot: CopyProgress | None = None  # the last copy's progress (the current one while phase is "copying")
     token_saved_at: float | None = None  # when resume_token was last written: its age is what ages out
     source_bytes_per_s: float | None = None  # recent change volume seen on the source (for the age warning)
+    last_cluster_time: Timestamp | None = None  # of the last applied event: where on_history_lost: rewind reopens
+    last_rewind: dict[str, Any] | None = None  # {to: {t, i}, at, by, reason}: the last restart at a cluster time
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> Checkpoint:
@@ -117,6 +120,8 @@ class Checkpoint:
             snapshot=CopyProgress.from_document(doc["snapshot"]) if doc.get("snapshot") else None,
             token_saved_at=doc.get("token_saved_at", doc.get("updated_at")),
             source_bytes_per_s=doc.get("source_bytes_per_s"),
+            last_cluster_time=_cluster_time(doc.get("last_cluster_time")),
+            last_rewind=doc.get("last_rewind"),
         )
 
 
@@ -171,6 +176,7 @@ class CheckpointStore:
         last_event_at: float | None = None,
         counters: Mapping[str, int] | None = None,
         status: StreamStatus = "running",
+        last_cluster_time: Timestamp | None = None,
     ) -> Lease:
         """Move the token (after the estuary acknowledged), add to the counters, renew the lease."""
         now = self._clock.time()
@@ -186,6 +192,8 @@ class CheckpointStore:
         }
         if last_event_at is not None:
             update["$set"]["last_event_at"] = last_event_at
+        if last_cluster_time is not None:
+            update["$set"]["last_cluster_time"] = _stored(last_cluster_time)
         increments = {f"counters.{name}": n for name, n in (counters or {}).items() if n}
         if increments:
             update["$inc"] = increments
@@ -262,8 +270,8 @@ class CheckpointStore:
         }
         self._fenced(lease, {"$set": fields})
 
-    def record_gap(self, lease: Lease, *, since: float | None, reason: str) -> None:
-        """Remember that events between ``since`` and now were not replicated, and forget the dead token.
+    def record_gap(self, lease: Lease, *, since: float | None, reason: str, until: float | None = None) -> None:
+        """Remember that events between ``since`` and ``until`` (now) were not replicated; forget the dead token.
 
         The list is read and rewritten whole, keeping the newest gaps: the lease makes this worker the only writer
         (and nx-27017 stores a ``$push``-ed sub-document as a string).
@@ -272,7 +280,8 @@ class CheckpointStore:
         doc = self._collection.find_one(_fence(lease), {"gaps": 1})
         if doc is None:
             raise _lease_lost(lease)
-        gaps = [*(doc.get("gaps") or []), {"from": since, "to": now, "reason": reason, "recorded_at": now}]
+        gap = {"from": since, "to": now if until is None else until, "reason": reason, "recorded_at": now}
+        gaps = [*(doc.get("gaps") or []), gap]
         self._fenced(
             lease,
             {
@@ -287,6 +296,23 @@ class CheckpointStore:
             },
         )
 
+    def record_rewind(
+        self, lease: Lease, *, position: Mapping[str, Any], to: Timestamp, by: str, reason: str | None = None
+    ) -> None:
+        """Restart the stream at cluster time ``to`` (``position``: ``streams.at_time(to)``), so the events from then
+        on are applied again; kept in ``last_rewind``, counted. The position is as old as the time it names."""
+        now = self._clock.time()
+        rewind = {"to": _stored(to), "at": now, "by": by, "reason": reason}
+        fields = {
+            "resume_token": position,
+            "start_after": False,
+            "token_saved_at": float(to.time),
+            "phase": "streaming",
+            "last_rewind": rewind,
+            "updated_at": now,
+        }
+        self._fenced(lease, {"$set": fields, "$inc": {"counters.rewinds": 1}})
+
     def release(self, lease: Lease) -> None:
         """Give the stream back at the end of a pass; a lost lease is not an error here."""
         self._collection.update_one(_fence(lease), {"$set": {"lease.expires_at": 0.0}})
@@ -300,7 +326,7 @@ class CheckpointStore:
         low = f"{stream}/"
         high = low[:-1] + chr(ord("/") + 1)  # every _id that starts with "stream/" sorts in [low, high)
         docs = self._collection.find({"_id": {"$gte": low, "$lt": high}}).sort("_id", 1)
-        return [Checkpoint.from_document(doc) for doc in docs]
+        return [_readable(doc) for doc in docs]
 
     def _fenced(self, lease: Lease, update: Mapping[str, Any]) -> None:
         """One conditional write; a transient failure (throttling 16500, an election) is tried again a few times
@@ -334,6 +360,24 @@ def hold_lease(store: CheckpointStore, stream: str, *, duration: float, role: st
         yield held
     finally:
         store.release(held.lease)
+
+
+def _readable(doc: Mapping[str, Any]) -> Checkpoint:
+    """The checkpoint, or one marked ``failed`` that says why it cannot be read: one damaged document must not hide
+    the other collections of its stream."""
+    try:
+        return Checkpoint.from_document(doc)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        message = f"the checkpoint document cannot be read ({type(exc).__name__}: {exc}); fix or delete it"
+        return Checkpoint(stream=str(doc["_id"]), status="failed", last_error={"message": message})
+
+
+def _stored(cluster_time: Timestamp) -> dict[str, int]:
+    return {"t": cluster_time.time, "i": cluster_time.inc}  # numbers: nx-27017 cannot store a BSON Timestamp
+
+
+def _cluster_time(value: Any) -> Timestamp | None:
+    return Timestamp(int(value["t"]), int(value["i"])) if isinstance(value, Mapping) else None
 
 
 def _fence(lease: Lease) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from shared.clock import SystemClock
 from shared.dead_letters import DeadLetters
+from shared.discovery import Discovery
 from shared.position import CheckpointStore
 from shared.replicate import Replicator
 from shared.telemetry import ReplicationMetrics
@@ -34,6 +35,7 @@ class Services:
     clients: ClientFactory  # ``clients.collection(endpoint)``: an endpoint's collection, raw BSON
     checkpoints: CheckpointStore
     dead_letters: DeadLetters
+    discovery: Discovery
     replicator: Replicator
 
 
@@ -49,9 +51,11 @@ def build_services(
     metrics = metrics or ReplicationMetrics()
     store = config.checkpoints
     database = factory.client(store)[store.database or ""]
-    checkpoints = CheckpointStore(database[store.collection or CHECKPOINTS_COLLECTION], clock=clock)
-    dead_letters = DeadLetters(database[DEAD_LETTERS_COLLECTION], clock=clock)
+    own = (store.collection or CHECKPOINTS_COLLECTION, DEAD_LETTERS_COLLECTION)
+    checkpoints = CheckpointStore(database[own[0]], clock=clock)
+    dead_letters = DeadLetters(database[own[1]], clock=clock)
+    discovery = Discovery(config, clients=factory, checkpoints=checkpoints, own_collections=own)
     replicator = Replicator(
         config, checkpoints=checkpoints, dead_letters=dead_letters, collections=factory, clock=clock, metrics=metrics
     )
-    return Services(config, clock, metrics, factory, checkpoints, dead_letters, replicator)
+    return Services(config, clock, metrics, factory, checkpoints, dead_letters, discovery, replicator)

@@ -1,9 +1,10 @@
 """The queue message contract between the timer fan-out and the queue worker.
 
-One message asks for one pass of one stream. The timer writes one per enabled stream through the Functions
-queue output binding; the worker reads them through the queue trigger. Both ends live in this module so the
-format cannot drift apart, and both sides go through the host, which base64-encodes on the way in and decodes on
-the way out (host.json keeps the default ``messageEncoding``): the text here is what the application sees.
+One message asks for one pass of one stream, or of some collections of a scoped stream. The timer writes them
+through the Functions queue output binding; the worker reads them through the queue trigger. Both ends live in
+this module so the format cannot drift apart, and both sides go through the host, which base64-encodes on the way in
+and decodes on the way out (host.json keeps the default ``messageEncoding``): the text here is what the application
+sees.
 
 Why a queue between them, rather than the timer running the passes: each stream gets its own invocation (a slow
 stream cannot delay the others), a failed pass is retried by the host and finally parked in ``<queue>-poison``,
@@ -15,6 +16,9 @@ The format is compact JSON, ``{"v":1,"stream":"orders","correlation_id":"...","e
   instances of the app run side by side during a deployment (a message without it is read as version 1, which
   keeps a hand-written message short);
 * ``stream``: the stream to run;
+* ``collections`` (only for a scoped stream, omitted otherwise): the collections this pass serves, at most
+  ``collections_per_pass`` (``database.collection`` in a cluster scope), so one tick of a stream with hundreds of
+  collections is a few messages, not hundreds;
 * ``correlation_id``: the timer invocation's id, so every pass of one tick shares it in the logs;
 * ``enqueued_at``: Unix seconds when the timer wrote it, to log how long the message waited.
 
@@ -54,21 +58,29 @@ class PassRequest:
     stream: str
     correlation_id: str
     enqueued_at: float
+    collections: tuple[str, ...] = ()  # of a scoped stream; empty for a single-collection stream
 
     def to_message(self) -> str:
         """The queue message text (compact JSON; the host base64-encodes it on the wire)."""
-        body = {
+        body: dict[str, Any] = {
             "v": FORMAT_VERSION,
             "stream": self.stream,
             "correlation_id": self.correlation_id,
             "enqueued_at": self.enqueued_at,
         }
+        if self.collections:
+            body["collections"] = list(self.collections)
         return json.dumps(body, separators=(",", ":"))
 
 
 def pass_requests(config: ReplicatorConfig, *, correlation_id: str, now: float) -> list[str]:
-    """One message per enabled stream, in configuration order; disabled streams get none."""
-    return [PassRequest(stream.name, correlation_id, now).to_message() for stream in config.streams if stream.enabled]
+    """One message per enabled single-collection stream, in configuration order; disabled streams get none (the
+    scoped ones are planned by ``discovery`` at every tick)."""
+    return [
+        PassRequest(stream.name, correlation_id, now).to_message()
+        for stream in config.streams
+        if stream.enabled and stream.scope == "collection"
+    ]
 
 
 def parse_pass_request(body: str | bytes) -> PassRequest:
@@ -96,10 +108,12 @@ def parse_pass_request(body: str | bytes) -> PassRequest:
         *_text_problem(data, "stream"),
         *_text_problem(data, "correlation_id"),
         *_time_problem(data, "enqueued_at"),
+        *_names_problem(data, "collections"),
     ]
     if problems:
         raise _bad("; ".join(problems), body)
-    return PassRequest(data["stream"], data["correlation_id"], float(data["enqueued_at"]))
+    collections = tuple(data.get("collections") or ())
+    return PassRequest(data["stream"], data["correlation_id"], float(data["enqueued_at"]), collections)
 
 
 def _text_problem(data: dict[str, Any], field: str) -> list[str]:
@@ -108,6 +122,15 @@ def _text_problem(data: dict[str, Any], field: str) -> list[str]:
     value = data[field]
     if not isinstance(value, str) or not value.strip():
         return [f"'{field}' must be a non-empty string, not {_json_type(value)}"]
+    return []
+
+
+def _names_problem(data: dict[str, Any], field: str) -> list[str]:
+    value = data.get(field, [])
+    if not isinstance(value, list):
+        return [f"'{field}' must be a list of collection names, not {_json_type(value)}"]
+    if not all(isinstance(v, str) and v.strip() for v in value):
+        return [f"'{field}' must hold only non-empty collection names"]
     return []
 
 

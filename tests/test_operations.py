@@ -59,6 +59,7 @@ def test_the_tick_should_warn_about_an_aging_token_and_still_schedule(harness: H
         messages = schedule(
             services.config,
             checkpoints=services.checkpoints,
+            discovery=services.discovery,
             metrics=services.metrics,
             correlation_id="tick-1",
             now=100.0,

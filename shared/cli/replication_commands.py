@@ -10,13 +10,30 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import NamedTuple
 
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, age, ago, services, utc
+from pymongo.errors import PyMongoError
+
+from shared import scope
+from shared.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    add_collection,
+    add_config,
+    age,
+    ago,
+    seconds,
+    services,
+    utc,
+)
 from shared.config import StreamConfig
+from shared.errors import ConfigError
 from shared.mongo_errors import explain
 from shared.operations import token_health
 from shared.position import Checkpoint, CopyProgress
 from shared.replicate import PassResult, Replicator
+from shared.services import Services
 from shared.telemetry import correlation
 
 # ---------------------------------------------------------------------------------------------- run
@@ -24,12 +41,20 @@ from shared.telemetry import correlation
 _FAILED_OUTCOMES = frozenset({"stopped", "failed"})
 _RETRY_PAUSE = 5.0  # seconds before a stream's next pass after one that raised
 _LEASE_HELD_PAUSE = 2.0  # seconds before asking again for a stream another worker holds
+_QUIET_OUTCOMES = frozenset({"idle", "lease_held", "budget"})  # a scoped stream's collection that had nothing to do
 
 
 def _configure_run(parser: argparse.ArgumentParser) -> None:
     add_config(parser)
     parser.add_argument("--once", action="store_true", help="one pass per stream, then exit")
     parser.add_argument("--stream", action="append", metavar="NAME", help="only this stream (repeatable)")
+    parser.add_argument(
+        "--discover-every",
+        type=seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often a scoped stream's collections are listed again (new ones start, dropped ones stop; 30)",
+    )
 
 
 def execute_run(args: argparse.Namespace) -> int:
@@ -44,6 +69,16 @@ def execute_run(args: argparse.Namespace) -> int:
         workers = [
             threading.Thread(target=_run_stream, args=(built.replicator, n, stop, args.once, failures, report), name=n)
             for n in names
+            if built.config.stream(n).scope == "collection"
+        ]
+        workers += [
+            threading.Thread(
+                target=_run_scoped,
+                args=(built, built.config.stream(n), stop, args.once, failures, report, args.discover_every),
+                name=n,
+            )
+            for n in names
+            if built.config.stream(n).scope != "collection"
         ]
         for worker in workers:
             worker.start()
@@ -88,6 +123,46 @@ def _run_stream(
             stop.wait(_LEASE_HELD_PAUSE)  # another worker has it; look again later instead of spinning
 
 
+def _run_scoped(
+    built: Services,
+    stream: StreamConfig,
+    stop: threading.Event,
+    once: bool,
+    failures: list[str],
+    report: Callable[[PassResult], None],
+    discover_every: float,
+) -> None:
+    """Rounds over a scoped stream's collections (each until caught up), listing them again every
+    ``discover_every`` seconds; only collections that did something are reported, unless ``once``."""
+    members: list[str] = []
+    surveyed_at = float("-inf")
+    while not stop.is_set():
+        with correlation():
+            if time.monotonic() - surveyed_at >= discover_every:
+                try:
+                    members = built.discovery.survey(stream).active
+                except Exception as exc:  # noqa: BLE001 (a long run outlives an unreachable source)
+                    message, hint = explain(exc)
+                    tip = f"\nTip: {hint}" if hint else ""
+                    print(f"{stream.name}: could not list its collections: {message}{tip}", file=sys.stderr)
+                    if once:
+                        failures.append(stream.name)
+                        return
+                    stop.wait(_RETRY_PAUSE)
+                    continue
+                surveyed_at = time.monotonic()
+            results = built.replicator.run_collections(stream.name, members, stop=stop)
+        for result in results:
+            if once or result.events or result.copied or result.outcome not in _QUIET_OUTCOMES:
+                report(result)
+            if result.outcome in _FAILED_OUTCOMES or (once and result.outcome == "error"):
+                failures.append(result.stream)
+        if once:
+            return
+        if not members:
+            stop.wait(min(discover_every, _LEASE_HELD_PAUSE))
+
+
 def _print_pass(result: PassResult) -> None:
     lag = f"{result.lag_seconds:.1f}s" if result.lag_seconds is not None else "-"
     rate = result.events / result.seconds if result.seconds else 0.0
@@ -105,27 +180,70 @@ def _print_json_line(result: PassResult) -> None:
 # ---------------------------------------------------------------------------------------------- status
 
 
+class _Row(NamedTuple):
+    """One line of ``status``: a stream, or one collection of a scoped stream, and its checkpoint."""
+
+    stream: StreamConfig
+    collection: str | None
+    checkpoint: Checkpoint | None
+
+    @property
+    def name(self) -> str:
+        return self.stream.name if self.collection is None else scope.unit_name(self.stream.name, self.collection)
+
+
 def _configure_status(parser: argparse.ArgumentParser) -> None:
     add_config(parser)
+    parser.add_argument("--stream", metavar="NAME", help="only this stream (default: every stream)")
+    add_collection(parser)
 
 
 def execute_status(args: argparse.Namespace) -> int:
+    if args.collection is not None and args.stream is None:
+        raise ConfigError(["--collection needs --stream: the scoped stream the collection belongs to"])
+    notes: list[str] = []
     with services(args) as built:
-        rows = [(s, built.checkpoints.read(s.name)) for s in built.config.streams]
+        streams = [built.config.stream(args.stream)] if args.stream else list(built.config.streams)
+        rows = [row for stream in streams for row in _rows(built, stream, args.collection, notes)]
     now = time.time()
     if args.json:
-        print(json.dumps([_status_dict(s, cp, now) for s, cp in rows], indent=2, default=str))
+        print(json.dumps([_status_dict(row, now) for row in rows], indent=2, default=str))
     else:
-        print("\n\n".join(_render_status(s, cp, now) for s, cp in rows))
-    return EXIT_FAILED if any(cp and cp.status in _FAILED_OUTCOMES for _, cp in rows) else EXIT_OK
+        print("\n\n".join([*(_render_status(row, now) for row in rows), *notes]))
+    return EXIT_FAILED if any(r.checkpoint and r.checkpoint.status in _FAILED_OUTCOMES for r in rows) else EXIT_OK
 
 
-def _status_dict(stream: StreamConfig, cp: Checkpoint | None, now: float) -> dict[str, object]:
+def _rows(built: Services, stream: StreamConfig, collection: str | None, notes: list[str]) -> list[_Row]:
+    """The stream's row; for a scoped stream, a row per collection it covers now or ever replicated."""
+    if stream.scope == "collection":
+        return [_Row(stream, None, built.checkpoints.read(stream.name))]
+    if collection is not None:
+        unit = built.config.stream(scope.unit_name(stream.name, collection))  # refuses one the stream cannot cover
+        return [_Row(stream, collection, built.checkpoints.read(unit.name))]
+    try:
+        survey = built.discovery.survey(stream, mark=False)
+    except PyMongoError as exc:
+        notes.append(
+            f"{stream.name}: could not list the source's collections ({explain(exc)[0]}); shown: those with a "
+            "checkpoint"
+        )
+        units = {scope.split_unit(cp.stream)[1] or "": cp for cp in built.checkpoints.units(stream.name)}
+        return [_Row(stream, member, cp) for member, cp in sorted(units.items())]
+    notes += [f"{stream.name}/{member}: matches but is not replicated: {why}" for member, why in survey.refused.items()]
+    members = sorted({*survey.members, *survey.checkpoints})
+    if not members:
+        notes.append(f"{stream.name}: no collection of the source matches (include / exclude)")
+    return [_Row(stream, member, survey.checkpoints.get(member)) for member in members]
+
+
+def _status_dict(row: _Row, now: float) -> dict[str, object]:
+    stream, cp = row.stream, row.checkpoint
+    named = {"stream": stream.name, **({"collection": row.collection} if row.collection is not None else {})}
     if cp is None:
-        return {"stream": stream.name, "status": "never run"}
+        return {**named, "status": "never run"}
     health = token_health(cp, change_log_mb=stream.change_log_mb, now=now)
     return {
-        "stream": stream.name,
+        **named,
         "status": cp.status,
         "phase": cp.phase,
         "copy": _copy_progress(cp, now) if cp.phase == "copying" else None,
@@ -155,11 +273,11 @@ def _copy_progress(cp: Checkpoint, now: float) -> dict[str, object]:
     }
 
 
-def _render_status(stream: StreamConfig, cp: Checkpoint | None, now: float) -> str:
-    name = stream.name
+def _render_status(row: _Row, now: float) -> str:
+    stream, cp, name = row.stream, row.checkpoint, row.name
     if cp is None:
         return f"{name}: never run"
-    data = _status_dict(stream, cp, now)
+    data = _status_dict(row, now)
     counters = ", ".join(f"{k} {v}" for k, v in sorted(cp.counters.items())) or "none yet"
     lines = [
         f"{name}: {cp.status}" + (f" (pass running on {data['lease_owner']})" if data["lease_owner"] else ""),

@@ -12,7 +12,8 @@ from shared.errors import ReplicatorError
 if TYPE_CHECKING:
     from shared.clock import Clock
 
-PassOutcome = Literal["idle", "budget", "interrupted", "lease_held", "lease_lost", "stopped", "failed"]
+# "error": a collection's pass in a group pass raised; recorded on its checkpoint, retried on the next tick.
+PassOutcome = Literal["idle", "budget", "interrupted", "lease_held", "lease_lost", "stopped", "failed", "error"]
 TimeOutcome = Literal["idle", "budget", "interrupted"]
 HaltStatus = Literal["stopped", "failed"]
 

@@ -23,19 +23,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pymongo.errors import PyMongoError
 
-from shared.errors import ReplicatorError
+from shared.errors import ConfigError, ReplicatorError
 from shared.estuary import EstuaryWriter
 from shared.fence import EstuaryFence
 from shared.lease import HeldLease, LeaseLostError
 from shared.mongo_errors import explain
 from shared.position import CopyProgress, hold_lease
 from shared.replicate.copying import Copy, begin_copy
+from shared.replicate.members import run_members
 from shared.replicate.outcome import PassResult, PassTimer, StreamHaltedError
 from shared.replicate.streaming import Streamer
 from shared.streams import HistoryLostError
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bson.raw_bson import RawBSONDocument
     from pymongo.collection import Collection
 
@@ -76,9 +79,17 @@ class Replicator:
         self._clock = clock
         self._metrics = metrics
 
-    def run_pass(self, name: str, *, stop: threading.Event | None = None) -> PassResult:
-        """One pass of the stream ``name``; raises when it failed in a way worth retrying."""
+    def run_pass(
+        self, name: str, *, stop: threading.Event | None = None, drain: bool = False, budget: float | None = None
+    ) -> PassResult:
+        """One pass of the stream ``name`` (or unit ``stream/collection``); raises when it failed in a way worth
+        retrying. ``drain``: end once caught up (a collection of a scoped stream); ``budget``: at most this long."""
         stream = self._config.stream(name)
+        if stream.scope != "collection":
+            raise ConfigError(
+                [f"stream '{name}' covers the matching collections of a {stream.scope}: its passes are per collection"],
+                hint="run_collections runs some of them; python -m shared status lists them",
+            )
         started = self._clock.monotonic()
         with hold_lease(self._checkpoints, name, duration=stream.lease_duration, role="pass") as held:
             if held is None:
@@ -95,6 +106,8 @@ class Replicator:
                     clock=self._clock,
                     metrics=self._metrics,
                     stop=stop or threading.Event(),
+                    drain=drain,
+                    budget=min(stream.time_budget, budget or stream.time_budget),
                 ).run()
         result.seconds = self._clock.monotonic() - started
         self._metrics.passes.add(1, {"stream": name, "outcome": result.outcome})
@@ -110,6 +123,18 @@ class Replicator:
             extra={"event": "pass_ended", "stream": name, "outcome": result.outcome},
         )
         return result
+
+    def run_requested(self, name: str, collections: Sequence[str] = ()) -> list[PassResult]:
+        """What a queue message asks for: a pass of the stream, or of some collections of a scoped stream."""
+        return self.run_collections(name, collections) if collections else [self.run_pass(name)]
+
+    def run_collections(
+        self, name: str, members: Sequence[str], *, stop: threading.Event | None = None
+    ) -> list[PassResult]:
+        """One pass over ``members`` of the scoped stream ``name``, each until caught up (see ``members``)."""
+        return run_members(
+            self.run_pass, self._config.stream(name), members, stop=stop or threading.Event(), clock=self._clock
+        )
 
 
 class _Pass:
@@ -127,6 +152,8 @@ class _Pass:
         clock: Clock,
         metrics: ReplicationMetrics,
         stop: threading.Event,
+        drain: bool,
+        budget: float,
     ) -> None:
         self._stream = stream
         self._checkpoint = held.checkpoint
@@ -138,6 +165,9 @@ class _Pass:
         self._clock = clock
         self._metrics = metrics
         self._stop = stop
+        self._budget = budget
+        # Draining, a pass ends at the first poll that finds nothing: an idle collection costs one poll.
+        self._idle_timeout = min(stream.idle_timeout, stream.poll_interval) if drain else stream.idle_timeout
         self._attributes = {"stream": stream.name}
         self._started = clock.monotonic()
         self._result = PassResult(stream.name, "idle")
@@ -153,8 +183,9 @@ class _Pass:
     def run(self) -> PassResult:
         checkpoint = self._checkpoint
         outcome: PassOutcome
-        if checkpoint.status in ("stopped", "failed"):  # an operator has to act first (status shows why)
-            outcome, detail = checkpoint.status, (checkpoint.last_error or {}).get("message")
+        if checkpoint.status in ("stopped", "failed", "dropped"):  # an operator (or discovery) acts first
+            outcome = "failed" if checkpoint.status == "failed" else "stopped"
+            detail = (checkpoint.last_error or {}).get("message")
         else:
             streamer = self._streamer()
             try:
@@ -184,9 +215,7 @@ class _Pass:
         """Copy when a copy is due (resuming one under way), then stream; recover from a lost token by policy."""
         checkpoint = self._checkpoint
         self._checkpoints.set_status(self._held.lease, "running")
-        timer = PassTimer(
-            self._clock, budget=self._stream.time_budget, idle_timeout=self._stream.idle_timeout, stop=self._stop
-        )
+        timer = PassTimer(self._clock, budget=self._budget, idle_timeout=self._idle_timeout, stop=self._stop)
         copying = (checkpoint.snapshot or CopyProgress(reason="")) if checkpoint.phase == "copying" else None
         if self._stream.initial_sync and checkpoint.status == "new" and checkpoint.resume_token is None:
             copying = begin_copy(self._checkpoints, self._held.lease, stream=self._stream.name, reason="initial_sync")

@@ -21,17 +21,20 @@ from lark import Token
 import function_app
 from shared.config_loader import load_config
 from shared.telemetry import APPINSIGHTS_SETTING
-from tests.bicep import BICEP_FILES, INFRA, TENANT, Ref, Template, parser
+from tests.bicep import (
+    BICEP_FILES,
+    CLIENT_ID,
+    INFRA,
+    PRINCIPAL_ID,
+    SOURCE_URI,
+    TENANT,
+    Ref,
+    Template,
+    main_template,
+    module_template,
+    parser,
+)
 
-CLIENT_ID = "22222222-2222-2222-2222-222222222222"
-PRINCIPAL_ID = "33333333-3333-3333-3333-333333333333"
-SOURCE_URI = "mongodb+srv://source.global.mongocluster.cosmos.azure.com/"
-# main.bicep's module outputs, as Azure would return them (only names and ids: nothing secret).
-MODULE_OUTPUTS = {
-    "identity": {"outputs": {"name": "id-test", "clientId": CLIENT_ID, "principalId": PRINCIPAL_ID}},
-    "storage": {"outputs": {"name": "sttest", "deploymentContainerName": "app-package-test", "queueName": "q-test"}},
-    "monitoring": {"outputs": {"applicationInsightsName": "appi-test"}},
-}
 FLEX_REJECTS = {
     "FUNCTIONS_WORKER_RUNTIME",
     "FUNCTIONS_EXTENSION_VERSION",
@@ -54,16 +57,9 @@ SECRET_VALUE = re.compile(
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _module_params(main: Template, module: str) -> dict[str, Any]:
-    params = main.body("module", module)["params"]
-    assert isinstance(params, dict)
-    return params
-
-
 def deployed_app(**main_params: Any) -> tuple[Template, dict[str, Any]]:
     """main.bicep evaluated with these parameters, then function-app.bicep with what main passes it."""
-    main = Template(INFRA / "main.bicep", {"sourceMongoUri": SOURCE_URI, **main_params}, MODULE_OUTPUTS)
-    app = Template(INFRA / "app" / "function-app.bicep", _module_params(main, "functionApp"))
+    app = module_template(main_template(**main_params), "functionApp")
     settings = app.var("appSettings")
     assert isinstance(settings, dict)
     return app, settings
@@ -208,9 +204,8 @@ def test_premium_path_should_run_from_a_package_blob_without_azure_files() -> No
 
 
 def test_storage_should_refuse_shared_keys_and_grant_the_identity_its_roles() -> None:
-    main = Template(INFRA / "main.bicep", {"sourceMongoUri": SOURCE_URI}, MODULE_OUTPUTS)
-    storage_params = _module_params(main, "storage")
-    storage = Template(INFRA / "app" / "storage.bicep", storage_params)
+    main = main_template()
+    storage = module_template(main, "storage")
     account = storage.body("resource", "storage")["properties"]
 
     assert account["allowSharedKeyAccess"] is False
@@ -222,7 +217,7 @@ def test_storage_should_refuse_shared_keys_and_grant_the_identity_its_roles() ->
     assert granted == {ROLE["blob_owner"], ROLE["queue_contributor"], ROLE["table_contributor"]}
     assert storage.var("operatorRoles") == []  # nobody else unless operatorPrincipalId is given
 
-    monitoring = Template(INFRA / "app" / "monitoring.bicep", _module_params(main, "monitoring"))
+    monitoring = module_template(main, "monitoring")
     publisher = monitoring.body("resource", "metricsPublisher")
     assert publisher["properties"]["roleDefinitionId"].endswith(ROLE["metrics_publisher"])
     assert publisher["properties"]["principalId"] == PRINCIPAL_ID
@@ -230,9 +225,9 @@ def test_storage_should_refuse_shared_keys_and_grant_the_identity_its_roles() ->
 
 
 def test_documentdb_user_should_register_the_identity_by_its_principal_id() -> None:
-    main = Template(INFRA / "main.bicep", {"sourceMongoUri": SOURCE_URI, "documentDbClusterName": "c1"}, MODULE_OUTPUTS)
+    main = main_template(documentDbClusterName="c1")
     assert main.decls["module"]["documentDbUser"].children[-1].data == "deploy_condition"
-    user = Template(INFRA / "app" / "documentdb-user.bicep", _module_params(main, "documentDbUser"))
+    user = module_template(main, "documentDbUser")
     body = user.body("resource", "user")
 
     assert body["name"] == PRINCIPAL_ID

@@ -1,9 +1,9 @@
 """The Bicep under infra/ should deploy what the app reads, as the identity it authenticates with, and no secret.
 
 Every file parses with pycep; the templates are evaluated by ``Template`` (tests/bicep.py) with parameter values
-chosen by each test; the KQL queries, the workbook and the alerts are checked in
-tests/test_infra_queries.py. What only Azure can check (API versions, property names, RBAC and platform behaviour)
-is listed in infra/README.md.
+chosen by each test. The KQL queries, the workbook and the alerts are checked in tests/test_infra_queries.py, local
+authentication in tests/test_infra_lockdown.py. What only Azure can check (API versions, property names, RBAC and
+platform behaviour) is listed in infra/README.md.
 """
 
 from __future__ import annotations
@@ -203,12 +203,11 @@ def test_premium_path_should_run_from_a_package_blob_without_azure_files() -> No
     assert not {"WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE"} & set(settings)
 
 
-def test_storage_should_refuse_shared_keys_and_grant_the_identity_its_roles() -> None:
+def test_storage_and_monitoring_should_grant_the_identity_its_roles_and_nobody_else() -> None:
     main = main_template()
     storage = module_template(main, "storage")
     account = storage.body("resource", "storage")["properties"]
 
-    assert account["allowSharedKeyAccess"] is False
     assert (account["minimumTlsVersion"], account["allowBlobPublicAccess"]) == ("TLS1_2", False)
     assert storage.var("queueNames") == ["replicator-passes", "replicator-passes-poison"]
     assignments = storage.ev(storage.decls["resource"]["identityAssignments"].children[-1], {})
@@ -221,7 +220,6 @@ def test_storage_should_refuse_shared_keys_and_grant_the_identity_its_roles() ->
     publisher = monitoring.body("resource", "metricsPublisher")
     assert publisher["properties"]["roleDefinitionId"].endswith(ROLE["metrics_publisher"])
     assert publisher["properties"]["principalId"] == PRINCIPAL_ID
-    assert monitoring.body("resource", "applicationInsights")["properties"]["DisableLocalAuth"] is True
 
 
 def test_documentdb_user_should_register_the_identity_by_its_principal_id() -> None:

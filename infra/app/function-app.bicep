@@ -225,5 +225,20 @@ resource siteSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: appSettings
 }
 
+// Publishing with a user name and password (FTP, and Kudu / Web Deploy / local Git on the scm site) off: deployments
+// authenticate with Microsoft Entra ID, as config-zip and the Flex deployment container already do.
+// https://learn.microsoft.com/azure/app-service/configure-basic-auth-disable
+// https://learn.microsoft.com/azure/templates/microsoft.web/2024-04-01/sites/basicpublishingcredentialspolicies
+resource basicPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = [for policy in [
+  'ftp'
+  'scm'
+]: {
+  parent: site
+  name: policy
+  properties: {
+    allow: false
+  }
+}]
+
 output name string = site.name
 output defaultHostName string = site.properties.defaultHostName

@@ -1,4 +1,6 @@
-// Log Analytics + workspace-based Application Insights that accepts only Entra-authenticated telemetry.
+// Log Analytics + workspace-based Application Insights, both refusing local (key-based) authentication: the
+// component takes only Entra-authenticated telemetry, and the workspace refuses its shared keys (agents and the
+// Data Collector API), so neither holds a key anyone could ingest with.
 // The app sends with APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD;ClientId=<identity client id>,
 // which needs Monitoring Metrics Publisher on the component:
 // https://learn.microsoft.com/azure/azure-monitor/app/azure-ad-authentication
@@ -34,6 +36,11 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
       name: 'PerGB2018'
     }
     retentionInDays: retentionInDays
+    features: {
+      // Only Microsoft Entra ID may ingest: WorkspaceFeatures.disableLocalAuth ("Disable Non-AAD based Auth").
+      // https://learn.microsoft.com/rest/api/loganalytics/workspaces/create-or-update#workspacefeatures
+      disableLocalAuth: true
+    }
   }
 }
 

@@ -240,6 +240,7 @@ module functionApp 'app/function-app.bicep' = {
     deploymentContainerName: storage.outputs.deploymentContainerName
     premiumPackageBlobName: premiumPackageBlobName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
     replicatorConfig: replicatorConfig
     schedule: schedule
     queueName: storage.outputs.queueName

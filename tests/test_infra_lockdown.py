@@ -1,5 +1,5 @@
 """Nothing the templates deploy should accept a key or a password: storage, Log Analytics, Application Insights and
-the app's publishing endpoints take Microsoft Entra ID only.
+the app's publishing endpoints take Microsoft Entra ID only. Also: the app's platform logs reach the workspace.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.bicep import Template, main_template, module_template
+from tests.bicep import Ref, Template, main_template, module_template
 
 # Resource type -> (property path, the value that refuses local / key-based authentication).
 LOCAL_AUTH_OFF: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -67,3 +67,14 @@ def test_monitoring_should_deploy_only_resources_that_refuse_local_auth() -> Non
     assert set(types) >= MONITORING_TYPES
     unchecked = set(types) - set(LOCAL_AUTH_OFF) - {"Microsoft.Authorization/roleAssignments"}
     assert not unchecked, f"monitoring.bicep deploys {unchecked}: add its local-auth property to LOCAL_AUTH_OFF"
+
+
+@pytest.mark.parametrize("plan", ["FC1", "EP1"])
+def test_function_app_should_send_its_platform_logs_and_metrics_to_the_workspace(plan: str) -> None:
+    app = module_template(main_template(planSku=plan), "functionApp")
+    diagnostics = app.body("resource", "diagnostics")
+
+    assert diagnostics["scope"] == Ref("site")
+    assert diagnostics["properties"]["workspaceId"] == "<log-analytics-id>"  # monitoring's logAnalyticsId output
+    assert diagnostics["properties"]["logs"] == [{"category": "FunctionAppLogs", "enabled": True}]
+    assert diagnostics["properties"]["metrics"] == [{"category": "AllMetrics", "enabled": True}]

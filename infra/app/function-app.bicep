@@ -87,6 +87,9 @@ param checkpointsMongoUri string
 @secure()
 param extraAppSettings object = {}
 
+@description('Log Analytics workspace that receives the app\'s platform logs and metrics (diagnostic settings).')
+param logAnalyticsWorkspaceId string
+
 var isFlex = (planSku == 'FC1')
 var pythonVersion = '3.11'
 
@@ -239,6 +242,30 @@ resource basicPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies
     allow: false
   }
 }]
+
+// The platform's own logs (FunctionAppLogs: host and function execution) and metrics, next to the telemetry the app
+// sends to Application Insights.
+// https://learn.microsoft.com/azure/templates/microsoft.insights/2021-05-01-preview/diagnosticsettings
+// https://learn.microsoft.com/azure/azure-functions/monitor-functions-reference
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: site
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'FunctionAppLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
 
 output name string = site.name
 output defaultHostName string = site.properties.defaultHostName

@@ -35,6 +35,7 @@ from tests.bicep import (
     parser,
 )
 
+# What the Flex Consumption documentation names (function-app.bicep keeps the full list, flexRejectedSettings).
 FLEX_REJECTS = {
     "FUNCTIONS_WORKER_RUNTIME",
     "FUNCTIONS_EXTENSION_VERSION",
@@ -181,6 +182,7 @@ def test_flex_path_should_set_function_app_config_and_nothing_flex_rejects() -> 
     site, plan = app.body("resource", "site"), app.body("resource", "plan")
 
     assert not FLEX_REJECTS & set(settings)
+    assert set(app.var("flexRejectedSettings")) >= FLEX_REJECTS
     assert not {"linuxFxVersion", "alwaysOn"} & set(site["properties"]["siteConfig"])
     assert (plan["sku"], plan["properties"]["reserved"]) == ({"name": "FC1", "tier": "FlexConsumption"}, True)
     assert site["kind"] == "functionapp,linux"

@@ -1,5 +1,6 @@
 """Nothing the templates deploy should accept a key or a password: storage, Log Analytics, Application Insights and
-the app's publishing endpoints take Microsoft Entra ID only. Also: the app's platform logs reach the workspace.
+the app's publishing endpoints take Microsoft Entra ID only. Also: the app's platform logs reach the workspace, and
+extraAppSettings cannot slip a setting Flex Consumption rejects past the template.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.bicep import Ref, Template, main_template, module_template
+from tests.bicep import BicepFail, Ref, Template, main_template, module_template
 
 # Resource type -> (property path, the value that refuses local / key-based authentication).
 LOCAL_AUTH_OFF: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -78,3 +79,22 @@ def test_function_app_should_send_its_platform_logs_and_metrics_to_the_workspace
     assert diagnostics["properties"]["workspaceId"] == "<log-analytics-id>"  # monitoring's logAnalyticsId output
     assert diagnostics["properties"]["logs"] == [{"category": "FunctionAppLogs", "enabled": True}]
     assert diagnostics["properties"]["metrics"] == [{"category": "AllMetrics", "enabled": True}]
+
+
+@pytest.mark.parametrize("name", ["FUNCTIONS_WORKER_RUNTIME", "functions_worker_runtime", "WEBSITE_CONTENTSHARE"])
+def test_extra_settings_should_stop_the_deployment_when_flex_consumption_rejects_them(name: str) -> None:
+    extra = {"MY_SETTING": "kept", name: "@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/s/)"}
+    app = module_template(main_template(extraAppSettings=extra), "functionApp")
+
+    with pytest.raises(BicepFail, match=f"extraAppSettings sets {name}, which Flex Consumption rejects") as refused:
+        app.var("appSettings")
+    assert "vault" not in str(refused.value)  # the name only, never the value
+
+
+def test_extra_settings_should_reach_the_app_when_the_plan_accepts_them() -> None:
+    extra = {"MY_SETTING": "kept", "FUNCTIONS_WORKER_PROCESS_COUNT": "2"}
+    flex = module_template(main_template(extraAppSettings={"MY_SETTING": "kept"}), "functionApp")
+    premium = module_template(main_template(planSku="EP1", extraAppSettings=extra), "functionApp")
+
+    assert flex.var("appSettings")["MY_SETTING"] == "kept"
+    assert premium.var("appSettings")["FUNCTIONS_WORKER_PROCESS_COUNT"] == "2"  # Premium honours it

@@ -1,9 +1,8 @@
 // The Function App: Linux, Python 3.11, user-assigned identity, identity-based host storage, Entra telemetry.
 //
 // Flex Consumption (planSku FC1, the default): runtime, scale and the deployment container live in
-// functionAppConfig; the platform rejects or ignores FUNCTIONS_WORKER_RUNTIME, FUNCTIONS_EXTENSION_VERSION,
-// WEBSITE_RUN_FROM_PACKAGE, WEBSITE_CONTENTSHARE, WEBSITE_CONTENTAZUREFILECONNECTIONSTRING,
-// SCM_DO_BUILD_DURING_DEPLOYMENT, ENABLE_ORYX_BUILD, linuxFxVersion and alwaysOn, so none of them is set.
+// functionAppConfig; the platform rejects or ignores the app settings of flexRejectedSettings below, linuxFxVersion
+// and alwaysOn, so none of them is set, and extraAppSettings may not set them either.
 //   https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan
 //   https://learn.microsoft.com/azure/azure-functions/functions-infrastructure-as-code?pivots=flex-consumption-plan
 //   https://learn.microsoft.com/azure/templates/microsoft.web/2024-04-01/sites (functionAppConfig)
@@ -83,7 +82,7 @@ param estuaryMongoUri string
 @secure()
 param checkpointsMongoUri string
 
-@description('More app settings; the template\'s own settings win on a name clash.')
+@description('More app settings; the template\'s own settings win on a name clash. On Flex Consumption, none of flexRejectedSettings.')
 @secure()
 param extraAppSettings object = {}
 
@@ -220,7 +219,35 @@ var premiumSettings = {
   WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID: identity.id
 }
 
-var appSettings = union(extraAppSettings, storageSettings, telemetrySettings, replicatorSettings, isFlex ? {} : premiumSettings)
+// Settings a Flex Consumption app rejects or ignores: the "Flex Consumption plan deprecations" that Microsoft's
+// migration guide filters out of an app's settings (the others it filters, AzureWebJobsStorage* and
+// APPLICATIONINSIGHTS_CONNECTION_STRING, are set above and win over extraAppSettings anyway).
+// https://learn.microsoft.com/azure/azure-functions/functions-app-settings#flex-consumption-plan-deprecations
+// https://learn.microsoft.com/azure/azure-functions/migration/migrate-plan-consumption-to-flex
+var flexRejectedSettings = [
+  'ENABLE_ORYX_BUILD'
+  'FUNCTIONS_EXTENSION_VERSION'
+  'FUNCTIONS_MAX_HTTP_CONCURRENCY'
+  'FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED'
+  'FUNCTIONS_WORKER_PROCESS_COUNT'
+  'FUNCTIONS_WORKER_RUNTIME'
+  'FUNCTIONS_WORKER_RUNTIME_VERSION'
+  'SCM_DO_BUILD_DURING_DEPLOYMENT'
+  'WEBSITE_CONTENTAZUREFILECONNECTIONSTRING'
+  'WEBSITE_CONTENTOVERVNET'
+  'WEBSITE_CONTENTSHARE'
+  'WEBSITE_DNS_SERVER'
+  'WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT'
+  'WEBSITE_NODE_DEFAULT_VERSION'
+  'WEBSITE_RUN_FROM_PACKAGE'
+  'WEBSITE_SKIP_CONTENTSHARE_VALIDATION'
+  'WEBSITE_VNET_ROUTE_ALL'
+]
+// Names only in the message: the values may be Key Vault references or worse.
+var refusedExtraSettings = isFlex ? filter(objectKeys(extraAppSettings), key => contains(flexRejectedSettings, toUpper(key))) : []
+var checkedExtraAppSettings = empty(refusedExtraSettings) ? extraAppSettings : fail('extraAppSettings sets ${join(refusedExtraSettings, ', ')}, which Flex Consumption rejects or ignores: remove them (runtime, scale and deployment are in functionAppConfig), or deploy with planSku EP1-EP3.')
+
+var appSettings = union(checkedExtraAppSettings, storageSettings, telemetrySettings, replicatorSettings, isFlex ? {} : premiumSettings)
 
 resource siteSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: site

@@ -1,6 +1,7 @@
 """Nothing the templates deploy should accept a key or a password: storage, Log Analytics, Application Insights and
-the app's publishing endpoints take Microsoft Entra ID only. Also: the app's platform logs reach the workspace, and
-extraAppSettings cannot slip a setting Flex Consumption rejects past the template.
+the app's publishing endpoints take Microsoft Entra ID only. Also: the app's platform logs reach the workspace,
+extraAppSettings cannot slip a setting Flex Consumption rejects past the template, and the workbook is listed under
+its Application Insights component.
 """
 
 from __future__ import annotations
@@ -98,3 +99,15 @@ def test_extra_settings_should_reach_the_app_when_the_plan_accepts_them() -> Non
 
     assert flex.var("appSettings")["MY_SETTING"] == "kept"
     assert premium.var("appSettings")["FUNCTIONS_WORKER_PROCESS_COUNT"] == "2"  # Premium honours it
+
+
+def test_workbook_should_be_listed_under_its_application_insights_component() -> None:
+    workbook = module_template(main_template(), "workbook")
+    body = workbook.body("resource", "workbook")
+    component_id = Ref("toLower(applicationInsights.id)")  # lower-cased, as the portal's exports write it
+
+    assert (body["kind"], body["properties"]["category"]) == ("shared", "workbook")
+    assert body["properties"]["sourceId"] == component_id
+    assert workbook.var("workbookContent")["fallbackResourceIds"] == [component_id]
+    assert workbook.decls["resource"]["applicationInsights"].children[3] == "existing"
+    assert workbook.body("resource", "applicationInsights")["name"] == "appi-test"

@@ -137,7 +137,7 @@ var workbookContent = {
     timeRangeParameter
   ], chartItems)
   fallbackResourceIds: [
-    applicationInsights.id
+    toLower(applicationInsights.id)
   ]
   '$schema': 'https://github.com/Microsoft/Application-Insights-Workbooks/blob/master/schema/workbook.json'
 }
@@ -151,7 +151,10 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
   properties: {
     displayName: displayName
     category: 'workbook'
-    sourceId: applicationInsights.id
+    // The component's id, lower-cased as the portal writes it when it exports a workbook: the workbook is then listed
+    // under the component (Application Insights > Workbooks). Samples:
+    // https://learn.microsoft.com/azure/azure-monitor/visualize/resource-manager-workbooks
+    sourceId: toLower(applicationInsights.id)
     serializedData: string(workbookContent)
   }
 }

@@ -14,12 +14,12 @@ targetScope = 'resourceGroup'
 @description('Region of every resource. Flex Consumption is not offered everywhere: az functionapp list-flexconsumption-locations.')
 param location string = resourceGroup().location
 
-@description('Short name used to derive resource names (lowercase letters, digits, hyphens).')
+@description('Short name used to derive resource names: 3-12 letters, digits and single hyphens, starting and ending with a letter or digit.')
 @minLength(3)
 @maxLength(12)
 param baseName string = 'mongorepl'
 
-@description('Function App name; empty derives func-<baseName>-<token>. It is also the host name <name>.azurewebsites.net.')
+@description('Function App name; empty derives func-<baseName>-<token>. Otherwise 2-60 letters, digits and single hyphens, starting and ending with a letter or digit (lower-cased). It is also the host name <name>.azurewebsites.net.')
 @maxLength(60)
 param functionAppName string = ''
 
@@ -53,7 +53,7 @@ param maximumElasticWorkerCount int = 5
 @description('Elastic Premium: name of the package blob (in the deployment container) the app runs from.')
 param premiumPackageBlobName string = 'replicator.zip'
 
-@description('Storage queue of pass requests (REPLICATOR_QUEUE). The host appends -poison, so at most 56 characters.')
+@description('Storage queue of pass requests (REPLICATOR_QUEUE): lowercase letters, digits and single hyphens, starting and ending with a letter or digit. The host appends -poison to a name of at most 63 characters, so at most 56.')
 @minLength(3)
 @maxLength(56)
 param queueName string = 'replicator-passes'
@@ -139,15 +139,35 @@ param tags object = {}
 
 // ---------------------------------------------------------------------------------------------------- names
 
-var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, location, baseName))
-var appName = empty(functionAppName) ? toLower('func-${baseName}-${resourceToken}') : toLower(functionAppName)
-var identityName = 'id-${baseName}-${resourceToken}'
-var planName = 'plan-${baseName}-${resourceToken}'
-var storageAccountName = take(toLower('st${replace(baseName, '-', '')}${resourceToken}'), 24)
-var logAnalyticsName = 'log-${baseName}-${resourceToken}'
-var applicationInsightsName = 'appi-${baseName}-${resourceToken}'
-// The quickstart's container naming: unique per app, at most 63 characters.
-var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(resourceToken, 7)}'
+// Whether a name holds only lowercase letters, digits and single hyphens, and starts and ends with a letter or digit:
+// what a storage queue and a blob container accept, and what the other derived names stay valid with. Bicep has
+// neither @pattern nor regular expressions, so the characters are checked one by one; a parameter that breaks the
+// rule stops the deployment with fail() before any resource is created (functions: Bicep CLI 0.26 or newer).
+// https://learn.microsoft.com/rest/api/storageservices/naming-queues-and-metadata
+// https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata
+// https://learn.microsoft.com/azure/azure-resource-manager/bicep/bicep-functions-flow-control
+func isLowercaseLabel(name string) bool => (!empty(name)) && empty(filter(map(range(0, length(name)), i => substring(name, i, 1)), c => !contains('abcdefghijklmnopqrstuvwxyz0123456789-', c))) && (!startsWith(name, '-')) && (!endsWith(name, '-')) && (!contains(name, '--'))
+
+// Azure resource names are case-insensitive, so baseName may hold capitals; the derivations below are the same as
+// before this check, so an existing deployment keeps its resources.
+var checkedBaseName = isLowercaseLabel(toLower(baseName)) ? baseName : fail('baseName \'${baseName}\' cannot name the resources: use 3-12 letters, digits and single hyphens, starting and ending with a letter or digit (infra/README.md, Parameters).')
+var checkedQueueName = isLowercaseLabel(queueName) ? queueName : fail('queueName \'${queueName}\' is not a storage queue name: use 3-56 lowercase letters, digits and single hyphens, starting and ending with a letter or digit (infra/README.md, Parameters).')
+// Checked only on the branch that uses it: ARM may evaluate a variable that nothing uses, and the default is empty.
+var customAppName = toLower(functionAppName)
+var customAppNameIsValid = (length(customAppName) >= 2) && isLowercaseLabel(customAppName)
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, location, checkedBaseName))
+var appName = empty(functionAppName) ? toLower('func-${checkedBaseName}-${resourceToken}') : (customAppNameIsValid ? customAppName : fail('functionAppName \'${functionAppName}\' is not a Function App name: use 2-60 letters, digits and single hyphens, starting and ending with a letter or digit, or leave it empty (infra/README.md, Parameters).'))
+var identityName = 'id-${checkedBaseName}-${resourceToken}'
+var planName = 'plan-${checkedBaseName}-${resourceToken}'
+var storageAccountName = take(toLower('st${replace(checkedBaseName, '-', '')}${resourceToken}'), 24)
+var logAnalyticsName = 'log-${checkedBaseName}-${resourceToken}'
+var applicationInsightsName = 'appi-${checkedBaseName}-${resourceToken}'
+// The quickstart's container naming: app-package-<the app name, at most 32 characters>-<7 of the token>, at most 63
+// characters. The app name holds no '--', but cut at 32 it can end in a hyphen, which would put two in a row.
+var appNameStem = take(appName, 32)
+var containerAppStem = endsWith(appNameStem, '-') ? take(appNameStem, 31) : appNameStem
+var deploymentContainerName = 'app-package-${containerAppStem}-${take(resourceToken, 7)}'
 
 // ---------------------------------------------------------------------------------------------------- REPLICATOR_CONFIG
 
@@ -205,7 +225,7 @@ module storage 'app/storage.bicep' = {
     location: location
     tags: tags
     deploymentContainerName: deploymentContainerName
-    queueName: queueName
+    queueName: checkedQueueName
     identityPrincipalId: identity.outputs.principalId
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType

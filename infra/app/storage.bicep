@@ -15,10 +15,14 @@ param location string
 @description('Tags.')
 param tags object = {}
 
-@description('Blob container of the deployment package.')
+@description('Blob container of the deployment package (3-63 characters).')
+@minLength(3)
+@maxLength(63)
 param deploymentContainerName string
 
-@description('Work queue name; <name>-poison is created too.')
+@description('Work queue name; <name>-poison is created too, and a queue name holds at most 63 characters.')
+@minLength(3)
+@maxLength(56)
 param queueName string
 
 @description('Principal (object) id of the Function App identity.')

@@ -100,6 +100,9 @@ param documentDbClusterName string = ''
 @description('Resource group of that cluster; empty means this resource group.')
 param documentDbResourceGroupName string = ''
 
+@description('Roles of the identity on documentDbClusterName, as [{db, role}]. Empty derives the least the app needs: read on every source database, readWrite on every estuary database and on checkpointsDatabase. [{"db": "admin", "role": "root"}] makes it an administrator.')
+param documentDbRoles array = []
+
 @description('Object id of a person, group or CI principal that publishes (Premium package upload) and inspects queues; empty grants nothing.')
 param operatorPrincipalId string = ''
 
@@ -207,6 +210,26 @@ var replicatorConfig = string({
 var effectiveEstuaryUri = empty(estuaryMongoUri) ? sourceMongoUri : estuaryMongoUri
 var effectiveCheckpointsUri = empty(checkpointsMongoUri) ? effectiveEstuaryUri : checkpointsMongoUri
 
+// ---------------------------------------------------------------------------------------------------- cluster roles
+
+// The least the replicator needs on a DocumentDB cluster (docs/entra-id.md, Registering the identity): read on each
+// source database (find, change streams), readWrite on each estuary database (the data and replicator_fences) and
+// on the checkpoint database (checkpoints, dead_letters). A database both read and written gets readWrite only.
+// union() keeps one of each duplicate value (Bicep array functions). The role names and the per-database form are
+// those of Microsoft's role-based access control page, which registers {db: 'sales', role: 'readWrite'} through
+// mongoClusters/users@2025-09-01: https://learn.microsoft.com/azure/documentdb/how-to-connect-role-based-access-control
+var writtenDatabases = union(map(streams, s => s.estuaryDatabase), [checkpointsDatabase])
+var readDatabases = union(filter(map(streams, s => s.sourceDatabase), db => !contains(writtenDatabases, db)), [])
+var readRoles = map(readDatabases, db => {
+  db: db
+  role: 'read'
+})
+var readWriteRoles = map(writtenDatabases, db => {
+  db: db
+  role: 'readWrite'
+})
+var documentDbUserRoles = empty(documentDbRoles) ? concat(readRoles, readWriteRoles) : documentDbRoles
+
 // ---------------------------------------------------------------------------------------------------- modules
 
 module identity 'app/identity.bicep' = {
@@ -271,12 +294,19 @@ module functionApp 'app/function-app.bicep' = {
   }
 }
 
+// After the app, not just after the identity: a principal created seconds earlier can be unknown to the cluster yet
+// ("principal not found"), and the app takes a while. A failure here leaves the rest deployed; infra/README.md
+// (step 4) says what each failure means and how to run this step alone.
 module documentDbUser 'app/documentdb-user.bicep' = if (!empty(documentDbClusterName)) {
   name: 'documentdb-user'
   scope: resourceGroup(empty(documentDbResourceGroupName) ? resourceGroup().name : documentDbResourceGroupName)
+  dependsOn: [
+    functionApp
+  ]
   params: {
     clusterName: documentDbClusterName
     principalId: identity.outputs.principalId
+    roles: documentDbUserRoles
   }
 }
 

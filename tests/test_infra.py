@@ -1,9 +1,10 @@
 """The Bicep under infra/ should deploy what the app reads, as the identity it authenticates with, and no secret.
 
 Every file parses with pycep; the templates are evaluated by ``Template`` (tests/bicep.py) with parameter values
-chosen by each test. The KQL queries, the workbook and the alerts are checked in tests/test_infra_queries.py, local
-authentication in tests/test_infra_lockdown.py. What only Azure can check (API versions, property names, RBAC and
-platform behaviour) is listed in infra/README.md.
+chosen by each test. Elsewhere: the KQL queries, the workbook and the alerts in tests/test_infra_queries.py; local
+authentication, publishing credentials and diagnostics in tests/test_infra_lockdown.py; names from hostile
+parameters in tests/test_infra_names.py; the cluster registration in tests/test_infra_documentdb.py. What only Azure
+can check (API versions, property names, RBAC and platform behaviour) is listed in infra/README.md.
 """
 
 from __future__ import annotations
@@ -222,21 +223,6 @@ def test_storage_and_monitoring_should_grant_the_identity_its_roles_and_nobody_e
     publisher = monitoring.body("resource", "metricsPublisher")
     assert publisher["properties"]["roleDefinitionId"].endswith(ROLE["metrics_publisher"])
     assert publisher["properties"]["principalId"] == PRINCIPAL_ID
-
-
-def test_documentdb_user_should_register_the_identity_by_its_principal_id() -> None:
-    main = main_template(documentDbClusterName="c1")
-    assert main.decls["module"]["documentDbUser"].children[-1].data == "deploy_condition"
-    user = module_template(main, "documentDbUser")
-    body = user.body("resource", "user")
-
-    assert body["name"] == PRINCIPAL_ID
-    assert body["properties"]["identityProvider"] == {
-        "type": "MicrosoftEntraID",
-        "properties": {"principalType": "servicePrincipal"},
-    }
-    assert body["properties"]["roles"] == [{"db": "admin", "role": "root"}]
-    assert user.body("resource", "cluster")["name"] == "c1"
 
 
 def _all_declarations() -> Iterator[tuple[Template, str, str]]:

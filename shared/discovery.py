@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 from shared import mongo_uri, scope
 from shared.fence import FENCES_COLLECTION
 from shared.position import hold_lease
+from shared.replicate.outcome import DROPPED_MESSAGE
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from shared.position import Checkpoint, CheckpointStore
 
 _WAITING = frozenset({"stopped", "failed", "dropped"})  # no passes until an operator acts / the collection returns
-_DROPPED = "the source collection no longer exists (dropped or renamed); its estuary collection is kept"
 
 _log = get_logger(__name__)
 
@@ -152,7 +152,7 @@ class Discovery:
                 if held is None:
                     return
                 if dropped:
-                    self._checkpoints.set_status(held.lease, "dropped", error={"message": _DROPPED})
+                    self._checkpoints.set_status(held.lease, "dropped", error={"message": DROPPED_MESSAGE})
                     survey.dropped.append(member)
                 else:
                     restart = {"resume_token": None, "start_after": False, "phase": "streaming", "snapshot": None}

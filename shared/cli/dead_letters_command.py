@@ -16,9 +16,11 @@ from typing import Any
 
 from bson import json_util
 
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int, services, utc
+from shared import scope
+from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_collection, add_config, positive_int, services, utc
 from shared.config import ReplicatorConfig
 from shared.dead_letters import DeadLetters, ParkedEvent, without_values
+from shared.errors import ConfigError
 from shared.replicate import ReplayResult, replay
 from shared.services import Services
 
@@ -30,6 +32,7 @@ _HEADERS = ("REF", "OPERATION", "DOCUMENT KEY", "ERROR", "ATTEMPTS", "PARKED AT"
 def _configure(parser: argparse.ArgumentParser) -> None:
     add_config(parser)
     parser.add_argument("--stream", metavar="NAME", help="only this stream (default: every stream)")
+    add_collection(parser)
     actions = parser.add_subparsers(title="actions", dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="how many are parked, and the newest of each stream")
     listing.add_argument(
@@ -47,6 +50,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.collection is not None:
+        if args.stream is None:
+            raise ConfigError(["--collection needs --stream: the scoped stream the collection belongs to"])
+        args.stream = scope.unit_name(args.stream, args.collection)  # a collection's dead letters are its unit's
     with services(args) as built:
         if args.action == "list":
             return _list(built.config, built.dead_letters, args)
@@ -56,13 +63,25 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _selected(config: ReplicatorConfig, only: str | None, parked: Mapping[str, int]) -> list[str]:
-    """The configured streams, then those with dead letters but no configuration; or just ``only``."""
-    configured = [s.name for s in config.streams]
+    """The configured single-collection streams, then every name with dead letters (a scoped stream's are its
+    collections'); or just ``only``, which may be a scoped stream (all its collections) or one collection."""
+    singles = [s.name for s in config.streams if s.scope == "collection"]
     if only is None:
-        return configured + sorted(set(parked) - set(configured))
+        return singles + sorted(set(parked) - set(singles))
     if only not in parked:
-        config.stream(only)  # an unknown name is a usage error
+        stream = config.stream(only)  # an unknown name is a usage error
+        if stream.scope != "collection":
+            return sorted(name for name in parked if scope.split_unit(name)[0] == only) or [only]
     return [only]
+
+
+def _configured(config: ReplicatorConfig, name: str) -> bool:
+    """Whether ``name`` is a configured stream, or a collection one of the scoped streams still covers."""
+    try:
+        config.stream(name)
+    except ConfigError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- list
@@ -70,9 +89,13 @@ def _selected(config: ReplicatorConfig, only: str | None, parked: Mapping[str, i
 
 def _list(config: ReplicatorConfig, dead: DeadLetters, args: argparse.Namespace) -> int:
     parked = dead.streams()
-    configured = {s.name for s in config.streams}
     report = [
-        (name, name in configured, parked.get(name, 0), dead.newest(name, args.limit) if parked.get(name) else [])
+        (
+            name,
+            _configured(config, name),
+            parked.get(name, 0),
+            dead.newest(name, args.limit) if parked.get(name) else [],
+        )
         for name in _selected(config, args.stream, parked)
     ]
     if args.json:
@@ -122,13 +145,12 @@ def _render_listing(stream: str, configured: bool, parked: int, newest: list[Par
 def _replay(built: Services, args: argparse.Namespace) -> int:
     config, dead = built.config, built.dead_letters
     parked = dead.streams()
-    configured = {s.name for s in config.streams}
     if args.stream is not None:
         config.stream(args.stream)  # replaying needs the stream's source and estuary
     results: list[ReplayResult] = []
     unconfigured: list[str] = []
     for name in _selected(config, args.stream, parked):
-        if name not in configured:
+        if not _configured(config, name):
             unconfigured.append(name)
         elif not parked.get(name):
             results.append(ReplayResult(name))

@@ -11,9 +11,20 @@ import json
 
 from pymongo.errors import PyMongoError
 
-from shared.cli.common import EXIT_FAILED, EXIT_OK, Command, add_config, positive_int, services
+from shared.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    add_collection,
+    add_config,
+    one_stream,
+    positive_int,
+    services,
+)
+from shared.config import StreamConfig
 from shared.errors import ConfigError, ReplicatorError
 from shared.mongo_errors import explain
+from shared.services import Services
 from shared.verify import Discrepancies, StreamVerification, VerifyOptions, verify_stream
 
 _KIND_LINES = {
@@ -28,6 +39,7 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stream", action="append", metavar="NAME", help="only this stream (repeatable; default: every enabled one)"
     )
+    add_collection(parser)
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "--sample",
@@ -50,16 +62,35 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _streams(built: Services, args: argparse.Namespace) -> list[StreamConfig]:
+    """The streams to compare; a scoped stream's are the collections it covers now, or the one ``--collection``
+    names. Unknown names are a usage error before anything is read."""
+    if args.collection is not None:
+        if not args.stream or len(args.stream) != 1:
+            raise ConfigError(["--collection needs exactly one --stream: the scoped stream it belongs to"])
+        return [one_stream(built.config, args.stream[0], args.collection)]
+    names: list[str] = args.stream or [s.name for s in built.config.streams if s.enabled]
+    if not names:
+        raise ConfigError(["streams: none is enabled; name one with --stream"], source=args.config)
+    streams = [built.config.stream(name) for name in names]
+    return [
+        unit
+        for stream in streams
+        for unit in (
+            [stream]
+            if stream.scope == "collection"
+            else [stream.member(m) for m in built.discovery.survey(stream, mark=False).members]
+        )
+    ]
+
+
 def execute_verify(args: argparse.Namespace) -> int:
     if args.sample is None:  # the default (with or without --all): every document, both sides in _id order
         options = VerifyOptions(mode="all", recheck_delay=args.recheck_delay)
     else:
         options = VerifyOptions(mode="sample", sample=args.sample, recheck_delay=args.recheck_delay)
     with services(args) as built:
-        names: list[str] = args.stream or [s.name for s in built.config.streams if s.enabled]
-        if not names:
-            raise ConfigError(["streams: none is enabled; name one with --stream"], source=args.config)
-        streams = [built.config.stream(name) for name in names]  # unknown names: a usage error before any read
+        streams = _streams(built, args)
         reports = []
         for stream in streams:
             try:

@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from shared.clock import Clock
 
 # "error": a collection's pass in a group pass raised; recorded on its checkpoint, retried on the next tick.
-PassOutcome = Literal["idle", "budget", "interrupted", "lease_held", "lease_lost", "stopped", "failed", "error"]
+# "dropped": a scoped stream's collection is gone from the source.
+PassOutcome = Literal[
+    "idle", "budget", "interrupted", "lease_held", "lease_lost", "stopped", "failed", "dropped", "error"
+]
 TimeOutcome = Literal["idle", "budget", "interrupted"]
-HaltStatus = Literal["stopped", "failed"]
+HaltStatus = Literal["stopped", "failed", "dropped"]
+DROPPED_MESSAGE = "the source collection no longer exists (dropped or renamed); its estuary collection is kept"
 
 
 @dataclass

@@ -7,7 +7,8 @@ The rules a pass keeps:
 * a worker that lost its lease stops before writing anything more; a stream whose lease is held elsewhere ends
   the pass quietly;
 * a lost resume token follows ``on_history_lost`` (``fail``: the stream stops, loudly; ``resnapshot``: the
-  collection is copied again; ``start_now``: a gap is recorded and reported); lifecycle events follow
+  collection is copied again; ``start_now``: a gap is recorded and reported; ``rewind``: the stream reopens at the
+  last applied event's cluster time, replaying, else follows ``rewind_fallback``); lifecycle events follow
   ``on_invalidate``; nothing is skipped silently;
 * any other failure is recorded on the checkpoint (``status`` shows it) and re-raised, so the Functions queue
   retries the message and finally moves it to ``-poison``.
@@ -31,14 +32,15 @@ from shared.mongo_errors import explain
 from shared.position import CopyProgress, hold_lease
 from shared.replicate.copying import Copy, begin_copy
 from shared.replicate.members import run_members
-from shared.replicate.outcome import PassResult, PassTimer, StreamHaltedError
+from shared.replicate.outcome import DROPPED_MESSAGE, PassResult, PassTimer, StreamHaltedError
 from shared.replicate.streaming import Streamer
-from shared.streams import HistoryLostError
+from shared.streams import HistoryLostError, at_time, describe_time, rewind_time
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from bson import Timestamp
     from bson.raw_bson import RawBSONDocument
     from pymongo.collection import Collection
 
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from shared.position import CheckpointStore, Held
     from shared.replicate.outcome import PassOutcome, TimeOutcome
     from shared.telemetry import ReplicationMetrics
+
+_REWINDS_PER_PASS = 3  # on_history_lost: rewind; a stream that keeps losing its position follows rewind_fallback
 
 _log = get_logger(__name__)
 
@@ -166,6 +170,7 @@ class _Pass:
         self._metrics = metrics
         self._stop = stop
         self._budget = budget
+        self._drain = drain
         # Draining, a pass ends at the first poll that finds nothing: an idle collection costs one poll.
         self._idle_timeout = min(stream.idle_timeout, stream.poll_interval) if drain else stream.idle_timeout
         self._attributes = {"stream": stream.name}
@@ -184,8 +189,7 @@ class _Pass:
         checkpoint = self._checkpoint
         outcome: PassOutcome
         if checkpoint.status in ("stopped", "failed", "dropped"):  # an operator (or discovery) acts first
-            outcome = "failed" if checkpoint.status == "failed" else "stopped"
-            detail = (checkpoint.last_error or {}).get("message")
+            outcome, detail = checkpoint.status, (checkpoint.last_error or {}).get("message")
         else:
             streamer = self._streamer()
             try:
@@ -214,6 +218,9 @@ class _Pass:
     def _phases(self, streamer: Streamer) -> TimeOutcome:
         """Copy when a copy is due (resuming one under way), then stream; recover from a lost token by policy."""
         checkpoint = self._checkpoint
+        if self._drain and not _exists(self._source):
+            # DocumentDB sends no drop event: a scoped stream's collection is looked for before each pass.
+            raise StreamHaltedError("dropped", DROPPED_MESSAGE)
         self._checkpoints.set_status(self._held.lease, "running")
         timer = PassTimer(self._clock, budget=self._budget, idle_timeout=self._idle_timeout, stop=self._stop)
         copying = (checkpoint.snapshot or CopyProgress(reason="")) if checkpoint.phase == "copying" else None
@@ -232,37 +239,67 @@ class _Pass:
                 copying = self._history_lost(exc, streamer)
 
     def _history_lost(self, exc: HistoryLostError, streamer: Streamer) -> CopyProgress | None:
-        """Apply ``on_history_lost``: halt, or the copy to run (resnapshot), or ``None`` to stream from now."""
-        name, policy = self._stream.name, self._stream.on_history_lost
+        """Apply ``on_history_lost``: halt, or the copy to run (resnapshot), or ``None`` to stream on from a cluster
+        time (rewind) or from now (start_now); a rewind that cannot be done follows ``rewind_fallback``."""
+        name, policy, message = self._stream.name, self._stream.on_history_lost, exc.message
         log_extra = {**self._attributes, "event": "history_lost"}
+        saved = self._checkpoints.read(name) or self._checkpoint  # with the batches this pass applied
+        if policy == "rewind":
+            to = rewind_time(saved.last_cluster_time, saved.last_event_at, self._stream.rewind_margin)
+            rewinds = saved.counters.get("rewinds", 0) - self._checkpoint.counters.get("rewinds", 0)
+            if exc.at is not None:
+                why = ""  # the reader's message names the time the change log no longer reaches
+            elif to is None:
+                why = "; no applied event's time is known to rewind to"
+            elif rewinds >= _REWINDS_PER_PASS:
+                why = f"; lost again after {rewinds} rewinds in this pass"
+            else:
+                self._rewind(exc, streamer, to)
+                return None
+            policy = self._stream.rewind_fallback
+            message = f"{message}{why} (rewind_fallback: {policy})"
         if policy == "fail":
-            _log.error("stream %s: %s; stream stopped", name, exc.message, extra=log_extra)
-            raise StreamHaltedError("failed", exc.message, hint=exc.hint)
+            _log.error("stream %s: %s; stream stopped", name, message, extra=log_extra)
+            raise StreamHaltedError("failed", message, hint=exc.hint)
         streamer.close()
         if policy == "resnapshot":
             _log.error(
                 "stream %s: %s; copying the collection again (on_history_lost: resnapshot)",
                 name,
-                exc.message,
+                message,
                 extra=log_extra,
             )
             self._checkpoints.set_status(
-                self._held.lease, "running", error={"message": exc.message, "recovery": "resnapshot"}
+                self._held.lease, "running", error={"message": message, "recovery": "resnapshot"}
             )
-            return begin_copy(
-                self._checkpoints, self._held.lease, stream=name, reason=f"resnapshot after: {exc.message}"
-            )
-        since = self._checkpoint.last_event_at or self._checkpoint.updated_at
-        self._checkpoints.record_gap(self._held.lease, since=since, reason=exc.message)
+            return begin_copy(self._checkpoints, self._held.lease, stream=name, reason=f"resnapshot after: {message}")
+        since = saved.last_event_at or self._checkpoint.updated_at
+        self._checkpoints.record_gap(self._held.lease, since=since, reason=message)
         self._metrics.gaps.add(1, self._attributes)
         _log.error(
             "stream %s: %s; continuing from now (on_history_lost: start_now), gap recorded",
             name,
-            exc.message,
+            message,
             extra={**self._attributes, "event": "gap_recorded"},
         )
         streamer.restart_at(None, saved=False)
         return None
+
+    def _rewind(self, exc: HistoryLostError, streamer: Streamer, to: Timestamp) -> None:
+        """Reopen at cluster time ``to`` (on_history_lost: rewind): the events since are applied again."""
+        self._checkpoints.record_rewind(
+            self._held.lease, position=at_time(to), to=to, by="on_history_lost", reason=exc.message
+        )
+        _log.warning(
+            "stream %s: %s; rewinding to %s, %.0f s before the last applied event (on_history_lost: rewind): the "
+            "events since then are applied again",
+            self._stream.name,
+            exc.message,
+            describe_time(to),
+            self._stream.rewind_margin,
+            extra={**self._attributes, "event": "history_rewound"},
+        )
+        streamer.restart_at(at_time(to), saved=False)  # saved at the first poll: the server's token replaces the time
 
     def _streamer(self) -> Streamer:
         return Streamer(
@@ -318,3 +355,7 @@ class _Pass:
             )
         except (PyMongoError, ReplicatorError) as record_error:  # best effort: the original error matters
             _log.warning("stream %s: could not record the failure: %s", self._stream.name, record_error)
+
+
+def _exists(collection: Collection[RawBSONDocument]) -> bool:
+    return bool(collection.database.list_collection_names(filter={"name": collection.name}))

@@ -4,12 +4,13 @@ replicates, root only when asked for, ordered after the app, and a clear stop wh
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from shared.config_loader import load_config
-from tests.bicep import INFRA, PRINCIPAL_ID, BicepFail, ParameterRejected, Ref, Template, main_template
+from tests.bicep import INFRA, PRINCIPAL_ID, ROOT, BicepFail, ParameterRejected, Ref, Template, main_template
 from tests.bicep import module_template as module
 
 ENTRA_CLUSTER = {"properties": {"authConfig": {"allowedModes": ["NativeAuth", "MicrosoftEntraID"]}}}
@@ -108,3 +109,11 @@ def test_user_module_should_deploy_on_its_own_with_cluster_principal_and_roles()
     assert required == {"clusterName", "principalId", "roles"}
     with pytest.raises(ParameterRejected, match="roles"):
         Template(standalone.path, {"clusterName": "c", "principalId": PRINCIPAL_ID, "roles": []}).lookup("roles", {})
+
+
+def test_readme_should_register_other_clusters_with_the_module_and_its_parameters() -> None:
+    readme = (ROOT / "infra" / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"az deployment group create [^`]*?-f infra/app/documentdb-user\.bicep[^`]*", readme)
+
+    assert command, "infra/README.md step 4 should deploy infra/app/documentdb-user.bicep"
+    assert set(re.findall(r"\b(\w+)=", command.group(0))) == {"clusterName", "principalId", "roles"}

@@ -5,17 +5,19 @@ that worker's late writes from landing on the data (a stalled network path can d
 ended). So the fence is checked where the data is written:
 
 * ``claim`` runs before a worker's first write under a lease (a pass with nothing to write never needs the
-  estuary): it raises the stream's fence document (``replicator_fences`` in the estuary's database,
-  ``{_id: stream, epoch, owner}``) to the lease's epoch; a worker with a lower epoch can never raise it back. Any
-  write of an earlier holder that matters is of events after the checkpoint, which the new holder re-applies, so it
-  writes (and claims) before they could be lost;
-* in ``transaction`` mode every write is a multi-document transaction whose first statement updates the fence
-  document where ``epoch`` is this lease's: once another worker claimed the stream, the transaction finds no fence
-  and aborts (nothing is written), and a claim racing an open transaction conflicts with it on the fence document,
-  so the server serialises them. Batches are split into transactions of at most ``TXN_MAX_OPS`` writes and about
-  ``TXN_MAX_BYTES``, and each is bounded in time: Azure DocumentDB ends a transaction after 30 s
-  (https://learn.microsoft.com/azure/documentdb/limits) and accepts at most 25,000 writes in one request
-  (https://learn.microsoft.com/azure/documentdb/max-document-size);
+  estuary): it raises the stream's fence documents (``replicator_fences`` in the estuary's database,
+  ``{_id: stream, stream, epoch, owner}`` and ``LANES - 1`` lanes ``{_id: "stream$lane-k", ...}``) to the lease's epoch;
+  a worker with a lower epoch can never raise them back. Any write of an earlier holder that matters is of events
+  after the checkpoint, which the new holder re-applies, so it writes (and claims) before they could be lost;
+* in ``transaction`` mode every write is a multi-document transaction whose first statement updates one of the
+  stream's fence documents (its lane) where ``epoch`` is this lease's: once another worker claimed the stream, the
+  transaction finds no fence and aborts (nothing is written), and a claim racing an open transaction conflicts with
+  it on that document, so the server serialises them. Concurrent writes of one worker (``apply_concurrency``) each
+  hold a lane of their own: when two open transactions write one document, the second aborts (MongoDB's "In-progress
+  Transactions and Write Conflicts", https://www.mongodb.com/docs/manual/core/transactions-production-consideration/).
+  Batches are split into transactions of at most ``TXN_MAX_OPS`` writes and about ``TXN_MAX_BYTES``, and each is bounded
+  in time: Azure DocumentDB ends a transaction after 30 s (https://learn.microsoft.com/azure/documentdb/limits)
+  and accepts at most 25,000 writes in one request (https://learn.microsoft.com/azure/documentdb/max-document-size);
 * in ``deadline`` mode (a standalone server, which cannot run transactions) every write is bounded by what is left
   of the lease (``pymongo.timeout``: a client-side deadline that is also sent as ``maxTimeMS``), and a worker whose
   lease has run out by its own clock writes nothing. The residual risk: bytes a network path holds and delivers
@@ -28,13 +30,16 @@ worker that holds the stream now replays from the checkpoint.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import bson
 import pymongo
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from shared.errors import TransientError
 from shared.estuary import Refusal, WriteOp, refusals, write_unordered
@@ -52,11 +57,13 @@ if TYPE_CHECKING:
 FencingMode = Literal["auto", "transaction", "deadline"]
 
 FENCES_COLLECTION = "replicator_fences"
+LANES = 16  # fence documents per stream: at most this many concurrent transactions of one worker (apply_concurrency)
 TXN_MAX_OPS = 1000  # writes per transaction
 TXN_MAX_BYTES = 8 * 1024 * 1024  # about this much document data per transaction
 TXN_MAX_SECONDS = 25.0  # below DocumentDB's 30 s transaction lifetime
 _MARGIN = 1.0  # seconds of the lease a write leaves unused
 _TRANSACTION_SERVERS = frozenset({"RSPrimary", "Mongos"})
+_DUPLICATE_KEY = 11000
 
 _log = get_logger(__name__)
 
@@ -86,19 +93,29 @@ class EstuaryFence:
         self._write_timeout = write_timeout
         self._clock = clock
         self.transactions: bool | None = None  # decided at the claim in "auto" mode
+        self._claiming = threading.Lock()  # concurrent first writes claim once
+        self._lanes: queue.LifoQueue[int] = queue.LifoQueue()  # free lanes; a lone writer always takes lane 0
+        for lane in reversed(range(LANES)):
+            self._lanes.put(lane)
 
     def claim(self) -> None:
-        """Raise the fence to this lease's epoch; ``FenceLostError`` when a later lease raised it already."""
+        """Raise every lane of the fence to this lease's epoch (all ``LANES``, whatever this worker's concurrency: a
+        stale worker may use any of them); ``FenceLostError`` when a later lease raised one already."""
         lease = self._held.lease
+        fields = {"stream": self._stream, "epoch": lease.epoch, "owner": lease.owner, "claimed_at": self._clock.time()}
+        raise_lanes = [
+            UpdateOne({"_id": self._lane(k), "epoch": {"$lt": lease.epoch}}, {"$set": fields}, upsert=True)
+            for k in range(LANES)
+        ]
         try:
             with pymongo.timeout(self._bound()):
-                self._fences.update_one(
-                    {"_id": self._stream, "epoch": {"$lt": lease.epoch}},
-                    {"$set": {"epoch": lease.epoch, "owner": lease.owner, "claimed_at": self._clock.time()}},
-                    upsert=True,
-                )
-        except DuplicateKeyError:  # the fence exists with an epoch >= ours: the upsert's insert collided
-            raise self._lost("claimed by a later lease") from None
+                self._fences.bulk_write(raise_lanes, ordered=False)
+        except BulkWriteError as exc:
+            # A fence document with an epoch >= ours exists: its upsert's insert collided on the _id.
+            if any(error.get("code") == _DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                raise self._lost("claimed by a later lease") from None
+            _raise_transient("could not claim the estuary fence", exc)
+            raise
         except PyMongoError as exc:
             _raise_transient("could not claim the estuary fence", exc)
             raise
@@ -115,17 +132,22 @@ class EstuaryFence:
         """Write ``ops`` under the fence; the refused ones by index (see ``write_unordered``)."""
         if not ops:
             return {}
-        if self.transactions is None:
-            self.claim()
+        with self._claiming:
+            if self.transactions is None:
+                self.claim()
         if not self.transactions:
             with pymongo.timeout(self._bound()):
                 return write_unordered(self._estuary, ops)
-        refused: dict[int, Refusal] = {}
-        for chunk in transaction_chunks(ops):
-            refused |= self._transaction(ops, chunk)
-        return refused
+        lane = self._lanes.get()  # waits only beyond LANES concurrent writers
+        try:
+            refused: dict[int, Refusal] = {}
+            for chunk in transaction_chunks(ops):
+                refused |= self._transaction(ops, chunk, lane)
+            return refused
+        finally:
+            self._lanes.put(lane)
 
-    def _transaction(self, ops: Sequence[WriteOp], indexes: list[int]) -> dict[int, Refusal]:
+    def _transaction(self, ops: Sequence[WriteOp], indexes: list[int], lane: int) -> dict[int, Refusal]:
         """Write ``ops[i] for i in indexes`` in transactions that first check the fence; a refused write aborts its
         transaction, so it is set aside and the rest written again."""
         refused: dict[int, Refusal] = {}
@@ -138,7 +160,7 @@ class EstuaryFence:
                     client.start_session() as session,
                     session.start_transaction(),
                 ):
-                    self._check(session)
+                    self._check(session, lane)
                     self._estuary.bulk_write([ops[i] for i in pending], ordered=False, session=session)
                 return refused
             except BulkWriteError as exc:
@@ -164,14 +186,21 @@ class EstuaryFence:
                 raise
         return refused
 
-    def _check(self, session: ClientSession) -> None:
-        """The transaction's first statement: a write to the fence, so a racing claim conflicts with it."""
+    def _check(self, session: ClientSession, lane: int) -> None:
+        """The transaction's first statement: a write to its lane of the fence, so a racing claim conflicts with it."""
         lease = self._held.lease
         found = self._fences.update_one(
-            {"_id": self._stream, "epoch": lease.epoch}, {"$set": {"written_at": self._clock.time()}}, session=session
+            {"_id": self._lane(lane), "epoch": lease.epoch},
+            {"$set": {"written_at": self._clock.time()}},
+            session=session,
         )
         if found.matched_count == 0:
             raise self._lost("claimed by a later lease while this worker was writing")
+
+    def _lane(self, lane: int) -> str:
+        """A lane's fence document id: lane 0 is the stream's name (the one fence document of earlier versions); '$'
+        is in no stream or collection name, so no lane id is another stream's."""
+        return self._stream if lane == 0 else f"{self._stream}$lane-{lane}"
 
     def _bound(self) -> float:
         """Seconds a write may take: ``write_timeout``, within what is left of the lease (none left: stop)."""
@@ -189,8 +218,9 @@ class EstuaryFence:
         return FenceLostError(
             f"stream '{self._stream}': the estuary's fence refused lease epoch {lease.epoch} ({why})",
             hint="expected after a slow or paused worker: the worker that holds the stream now replays from the "
-            f"checkpoint; if no other worker runs, the checkpoint document was recreated: delete the fence document "
-            f"(db.{FENCES_COLLECTION}.deleteOne({{_id: '{self._stream}'}}) in the estuary's database)",
+            f"checkpoint; if no other worker runs, the checkpoint document was recreated: delete the fence documents "
+            f"(db.{FENCES_COLLECTION}.deleteMany({{$or: [{{_id: '{self._stream}'}}, {{stream: '{self._stream}'}}]}}) "
+            "in the estuary's database)",
         )
 
 

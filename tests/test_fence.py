@@ -8,14 +8,24 @@ other sessions), so ``fencing: transaction`` is tested here explicitly and ``aut
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 import pytest
-from pymongo import DeleteOne, InsertOne, ReplaceOne
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
 
+from localdev.standins.faithful import FaithfulServer
 from shared.clock import SystemClock
 from shared.errors import TransientError
-from shared.fence import FENCES_COLLECTION, TXN_MAX_BYTES, TXN_MAX_OPS, EstuaryFence, FenceLostError, transaction_chunks
+from shared.fence import (
+    FENCES_COLLECTION,
+    LANES,
+    TXN_MAX_BYTES,
+    TXN_MAX_OPS,
+    EstuaryFence,
+    FenceLostError,
+    transaction_chunks,
+)
 from shared.lease import HeldLease, Lease
 from shared.position import CheckpointStore
 from shared.raw_bson import raw_document
@@ -54,8 +64,41 @@ def test_a_claim_with_an_earlier_epoch_should_be_refused(harness):
     fence_for(harness, 5).claim()
     with pytest.raises(FenceLostError, match="refused lease epoch 4") as refused:
         fence_for(harness, 4).claim()
-    assert "deleteOne" in (refused.value.hint or "")  # how to recover when the checkpoint was recreated
     assert (fence_document(harness) or {})["epoch"] == 5
+    # How to recover when the checkpoint was recreated: the hint's deletion removes every lane, then a claim succeeds.
+    assert "deleteMany({$or: [{_id: 'orders'}, {stream: 'orders'}]})" in (refused.value.hint or "")
+    harness.estuary.database[FENCES_COLLECTION].delete_many({"$or": [{"_id": "orders"}, {"stream": "orders"}]})
+    fence_for(harness, 4).claim()
+    assert (fence_document(harness) or {})["epoch"] == 4
+
+
+def test_a_claim_should_raise_every_lane_whatever_the_workers_concurrency(harness):
+    fence_for(harness, 1).claim()
+    fence_for(harness, 3).claim()
+    lanes = list(harness.estuary.database[FENCES_COLLECTION].find({"stream": "orders"}))
+    assert len({lane["_id"] for lane in lanes}) == LANES
+    assert "orders" in {lane["_id"] for lane in lanes}  # lane 0: the one fence document of earlier versions
+    assert {(lane["epoch"], lane["owner"]) for lane in lanes} == {(3, "worker-3")}
+
+
+def test_concurrent_transactions_of_one_worker_should_all_write_and_of_a_stale_worker_none(run_threads):
+    """On the faithful server (a replica set): nx-27017 cannot hold transactions of several sessions open at once."""
+    clock = SystemClock()
+    with FaithfulServer() as server, MongoClient[Any](server.uri) as client:
+        estuary = client["shop"]["orders"]
+
+        def fence(epoch: int) -> EstuaryFence:
+            held = HeldLease(Lease("orders", f"worker-{epoch}", epoch, clock.time() + 30), clock=clock)
+            return EstuaryFence(estuary, stream="orders", held=held, mode="auto", write_timeout=5.0, clock=clock)
+
+        worker = fence(1)
+        written = run_threads(6, lambda: worker.write([InsertOne({"_id": uuid.uuid4().hex})]))
+        assert written == [{}] * 6
+        assert worker.transactions is True
+        fence(2).claim()
+        refused = run_threads(6, lambda: worker.write([InsertOne({"_id": uuid.uuid4().hex})]))
+        assert all(isinstance(outcome, FenceLostError) for outcome in refused), refused
+        assert estuary.count_documents({}) == 6
 
 
 @pytest.mark.parametrize("mode", ["transaction", "auto"])

@@ -87,6 +87,13 @@ class StreamConfig(BaseModel):
         "updateLookup", description="Post-image for update events (DocumentDB sends it on updates in any case)."
     )
     batch_size: int = Field(500, ge=1, le=10_000, description="Most events applied (and checkpointed) at once.")
+    apply_concurrency: int = Field(
+        1,
+        ge=1,
+        le=16,  # shared.fence.LANES: one fence document per concurrent transaction
+        description="Groups of a batch's documents (split by document key) written at once; more than 1 for an "
+        "estuary that scales with concurrent writers. Each document's changes stay in order.",
+    )
     time_budget: Duration = Field(
         240.0, le=3600.0, description="A pass ends after this long; fits the Consumption plan's 5-minute default."
     )

@@ -15,14 +15,22 @@ write to the estuary (streaming apply, the snapshot copy, dead-letter replay).
 
 Nothing a source document contains may stop a stream: an event whose write cannot even be built (a field that
 does not decode, a document too large to send) is parked with the reason, and the batch goes on.
+
+With ``ApplyLanes`` (``apply_concurrency`` above 1) a batch's writes are split by document key into groups written at
+once, for estuaries that take concurrent writers: one write per document per batch (events collapse), so each
+document's changes keep their order; refusals are retried and parked per document as without lanes, and nothing is
+parked until every group has been written.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import bson
 from bson.errors import BSONError, InvalidDocument
@@ -45,6 +53,7 @@ WriteOp = InsertOne[Any] | ReplaceOne[Any] | DeleteOne | DeleteMany
 # the network: the document is parked and the batch goes on.
 DOCUMENT_ERRORS = (BSONError, ValueError, TypeError, KeyError, OverflowError)
 _WRITES = frozenset({"insert", "update", "replace"})
+_T = TypeVar("_T")
 
 _log = get_logger(__name__)
 
@@ -74,6 +83,37 @@ Writes = Callable[[Sequence[WriteOp]], dict[int, Refusal]]  # writes a bulk; the
 class _Planned:
     event: RawBSONDocument
     op: WriteOp
+    key: bytes  # document_key(event)
+
+
+class ApplyLanes:
+    """Runs the key groups of a batch at once: the caller's thread writes the first, a pool of ``concurrency - 1``
+    threads the others. Threads are made on first use and ended by ``close``."""
+
+    def __init__(self, concurrency: int, *, name: str) -> None:
+        self.concurrency = concurrency
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self, work: Sequence[Callable[[], _T]]) -> list[_T]:
+        """Every call's result, in order. Every call has ended before an error is raised (the first, in order), so no
+        write of the batch is still running when the batch is retried or the pass ends."""
+        if len(work) <= 1:
+            return [call() for call in work]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency - 1, thread_name_prefix=self._name)
+        # Each call in a copy of this context: log records keep the invocation's correlation id.
+        futures = [self._pool.submit(contextvars.copy_context().run, call) for call in work[1:]]
+        try:
+            first = work[0]()
+        finally:
+            wait(futures)
+        return [first, *(future.result() for future in futures)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 class EstuaryWriter:
@@ -95,10 +135,33 @@ class EstuaryWriter:
         self._max_attempts = max_attempts
         self._transform = transform
 
-    def apply(self, events: Sequence[RawBSONDocument]) -> ApplyResult:
-        """Write the batch; returns only when every event is applied, skipped or parked."""
+    def apply(self, events: Sequence[RawBSONDocument], *, lanes: ApplyLanes | None = None) -> ApplyResult:
+        """Write the batch (in ``lanes``' groups at once, if given); returns only when every event is applied,
+        skipped or parked."""
         result = ApplyResult()
         planned = self._plan(events, result)
+        if lanes is None or lanes.concurrency < 2:
+            groups, refused = [planned], [self._write_all(planned)]
+        else:
+            groups = _by_key(planned, lanes.concurrency)
+            refused = lanes.run([partial(self._write_all, group) for group in groups])
+        for group, failures in zip(groups, refused, strict=True):
+            for index, refusal in failures.items():
+                self._dead_letters.park(
+                    self._stream,
+                    group[index].event,
+                    code=refusal.code,
+                    message=refusal.message,
+                    attempts=self._max_attempts,
+                )
+                result.dead_lettered += 1
+            for i, p in enumerate(group):
+                if i not in failures:
+                    result.applied[p.event["operationType"]] += 1
+        return result
+
+    def _write_all(self, planned: Sequence[_Planned]) -> dict[int, Refusal]:
+        """Write ``planned``, again for the refused writes up to ``max_attempts``; the refusals left, by index."""
         failures = self._write([p.op for p in planned])
         attempts = 1
         while failures and attempts < self._max_attempts:
@@ -114,19 +177,7 @@ class EstuaryWriter:
             indexes = sorted(failures)
             again = self._write([planned[i].op for i in indexes])
             failures = {indexes[j]: refusal for j, refusal in again.items()}
-        for index, refusal in failures.items():
-            self._dead_letters.park(
-                self._stream,
-                planned[index].event,
-                code=refusal.code,
-                message=refusal.message,
-                attempts=self._max_attempts,
-            )
-            result.dead_lettered += 1
-        for i, p in enumerate(planned):
-            if i not in failures:
-                result.applied[p.event["operationType"]] += 1
-        return result
+        return failures
 
     def _plan(self, events: Sequence[RawBSONDocument], result: ApplyResult) -> list[_Planned]:
         latest: dict[bytes, RawBSONDocument] = {}
@@ -141,7 +192,7 @@ class EstuaryWriter:
                 result.collapsed += 1
             latest[key] = event
         planned = []
-        for event in latest.values():
+        for key, event in latest.items():
             try:
                 op = self._op(event)
             except DOCUMENT_ERRORS as exc:
@@ -150,7 +201,7 @@ class EstuaryWriter:
             if op is None:
                 result.skipped += 1
             else:
-                planned.append(_Planned(event, op))
+                planned.append(_Planned(event, op, key))
         return planned
 
     def _park_unwritable(self, event: RawBSONDocument, error: Exception, result: ApplyResult) -> None:
@@ -170,6 +221,14 @@ class EstuaryWriter:
                 return None  # deleted since: its delete event follows
             return ReplaceOne(key, transformed(document, self._transform), upsert=True)
         return None
+
+
+def _by_key(planned: Sequence[_Planned], groups: int) -> list[list[_Planned]]:
+    """``planned`` in at most ``groups`` groups (none empty) by document key: a document's writes in one group."""
+    split: list[list[_Planned]] = [[] for _ in range(groups)]
+    for p in planned:
+        split[hash(p.key) % groups].append(p)
+    return [group for group in split if group]
 
 
 def write_unordered(collection: Collection[Any], ops: Sequence[WriteOp]) -> dict[int, Refusal]:

@@ -5,19 +5,27 @@ The position moves only after the estuary acknowledged the batch, and also after
 rename, dropDatabase, invalidate) follows ``on_invalidate``: ``stop`` halts the stream for an operator, ``ignore``
 moves past it. A lost resume token is not handled here: ``HistoryLostError`` goes up to the pass, whose
 ``on_history_lost`` policy decides.
+
+Reading and writing overlap: while the pass thread writes a batch, a helper thread reads the next one (one batch
+ahead, so memory stays bounded); the estuary and the source work at the same time instead of in turns. The pass
+thread alone renews the lease and saves the position, after the estuary acknowledged; what the helper read (a
+batch, a lifecycle event, a lost history) reaches the pass thread in order, after the batch before it was applied.
 """
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from shared.estuary import ApplyLanes
 from shared.replicate.outcome import StreamHaltedError
 from shared.replicate.retry import retry_transient
 from shared.streams import Batch, ChangeStreamReader
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from bson.raw_bson import RawBSONDocument
     from pymongo.collection import Collection
@@ -95,31 +103,55 @@ class Streamer:
         self._saved_at = self._clock.monotonic() if saved else float("-inf")
 
     def run(self, timer: PassTimer) -> TimeOutcome:
-        """Stream until ``timer`` ends the pass; raises ``HistoryLostError`` and ``StreamHaltedError``."""
-        active_at = self._clock.monotonic()
-        while not timer.expired(active_at):
-            batch = self._reader.next_batch(self._stream.batch_size)
-            if batch.events:
-                self._apply(batch)
-                active_at = self._clock.monotonic()
-            elif self._clock.monotonic() - self._saved_at >= _IDLE_SAVE_INTERVAL:
-                self._save(batch, kind="idle")
-            if batch.lifecycle is not None:
-                self._lifecycle(batch.lifecycle)
+        """Stream until ``timer`` ends the pass; raises ``HistoryLostError`` and ``StreamHaltedError``.
+
+        Each batch with events starts the read of the next one before it is written; a lifecycle event waits for its
+        policy (which may move or reopen the reader) before anything more is read. When the pass ends with a read
+        still in flight, its batch is dropped unapplied and the reader goes back to the last applied position.
+        """
+        name = self._stream.name
+        ahead = _ReadAhead(lambda: self._reader.next_batch(self._stream.batch_size), name=f"read-{name}")
+        lanes = ApplyLanes(self._stream.apply_concurrency, name=f"apply-{name}")
+        resume_from: tuple[Mapping[str, Any] | None, bool] = (self._reader.position, self._reader.start_after)
+        try:
+            active_at = self._clock.monotonic()
+            while not timer.expired(active_at):
+                batch = ahead.take()
+                start_after = self._reader.start_after  # of this batch's position: nothing is being read now
+                if batch.events and batch.lifecycle is None:
+                    resume_from = (self._reader.position, start_after)
+                    ahead.start()
+                if batch.events:
+                    self._apply(batch, lanes, start_after=start_after)
+                    active_at = self._clock.monotonic()
+                elif self._clock.monotonic() - self._saved_at >= _IDLE_SAVE_INTERVAL:
+                    self._save(batch, kind="idle", start_after=start_after)
+                if batch.lifecycle is not None:
+                    self._lifecycle(batch.lifecycle)
+        finally:
+            dropped = ahead.close()
+            lanes.close()
+        if dropped:
+            self._reopen(*resume_from)
         return timer.outcome
 
     def close(self) -> None:
         self._reader.close()
 
-    def _apply(self, batch: Batch) -> None:
+    def _reopen(self, token: Mapping[str, Any] | None, start_after: bool) -> None:
+        """Read from ``token`` again (the checkpoint holds it already)."""
+        self._reader.close()
+        self._reader = open_reader(self._stream, self._source, clock=self._clock, token=token, start_after=start_after)
+
+    def _apply(self, batch: Batch, lanes: ApplyLanes, *, start_after: bool) -> None:
         started = self._clock.monotonic()
 
         def attempt() -> ApplyResult:
             self._keep_lease()
-            return self._writer.apply(batch.events)
+            return self._writer.apply(batch.events, lanes=lanes)
 
         applied = retry_transient(attempt, what="batch", stream=self._stream.name, clock=self._clock)
-        self._save(batch, kind="batch", applied=applied)
+        self._save(batch, kind="batch", start_after=start_after, applied=applied)
         self._count(batch, applied)
         self._metrics.batch_duration.record(self._clock.monotonic() - started, self._attributes)
         if batch.last_event_at is not None:
@@ -127,7 +159,7 @@ class Streamer:
             self._result.lag_seconds = lag
             self._metrics.lag.record(lag, self._attributes)
 
-    def _save(self, batch: Batch, *, kind: str, applied: ApplyResult | None = None) -> None:
+    def _save(self, batch: Batch, *, kind: str, start_after: bool, applied: ApplyResult | None = None) -> None:
         counters = {}
         if applied is not None:
             counters = {
@@ -140,7 +172,7 @@ class Streamer:
             self._held.lease,
             duration=self._stream.lease_duration,
             resume_token=batch.resume_token,
-            start_after=self._reader.start_after,
+            start_after=start_after,
             last_event_at=batch.last_event_at,
             counters=counters,
         )
@@ -181,4 +213,39 @@ class Streamer:
             "stream %s: ignoring '%s' (on_invalidate: ignore)", self._stream.name, kind, extra=self._attributes
         )
         self._reader.skip_to(event, start_after=kind == "invalidate")
-        self._save(Batch(resume_token=event["_id"]), kind="lifecycle")
+        self._save(Batch(resume_token=event["_id"]), kind="lifecycle", start_after=self._reader.start_after)
+
+
+class _ReadAhead:
+    """Reads the next batch on a helper thread while the pass thread writes the previous one.
+
+    The change-stream cursor is never used by two threads at once (pymongo's cursors are not thread-safe): the
+    helper reads only between ``start`` and the ``take`` that collects its batch, and the pass thread touches the
+    reader only while no read is in flight. A read's error is raised by ``take``, on the pass thread.
+    """
+
+    def __init__(self, read: Callable[[], Batch], *, name: str) -> None:
+        self._read = read
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[Batch] | None = None
+
+    def start(self) -> None:
+        """Begin reading the next batch (in a copy of this context: log records keep the correlation id)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._pending = self._pool.submit(contextvars.copy_context().run, self._read)
+
+    def take(self) -> Batch:
+        """The batch read ahead, or one read now."""
+        pending, self._pending = self._pending, None
+        return self._read() if pending is None else pending.result()
+
+    def close(self) -> bool:
+        """Wait for a read in flight (about one poll interval at most), drop it, end the helper thread; whether a
+        read was dropped."""
+        pending, self._pending = self._pending, None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return pending is not None

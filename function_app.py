@@ -12,6 +12,9 @@ reasons as JSON (never a secret), success is 200. Queue: a transient or unexpect
 retries the message (``maxDequeueCount`` in host.json) and then moves it to ``<queue>-poison``; a terminal
 error (bad message, unknown stream, invalid configuration, a refused identity) cannot be fixed by a retry, so
 it is logged and the invocation ends cleanly; the pass itself records its status on the stream's checkpoint.
+
+Indexing (the worker imports this module on every cold start) loads only ``azure.functions`` and light modules of
+``shared``; its other names (pymongo, azure-identity, OpenTelemetry, the configuration models) load on first use.
 """
 
 from __future__ import annotations
@@ -20,23 +23,18 @@ import functools
 import json
 import time
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared import (
-    ConfigError,
-    ReplicatorError,
-    Services,
-    build_services,
-    default_factory,
-    get_config,
-    run_test_auth,
-    schedule,
-)
+import shared
 from shared.clock import SystemClock
+from shared.errors import ConfigError, ReplicatorError
 from shared.telemetry import configure_telemetry, correlation, get_logger
 from shared.work_queue import BadMessageError, parse_pass_request
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -57,7 +55,7 @@ def _telemetry_configured() -> bool:
 @functools.cache
 def _services() -> Services:
     """The process's services, built on first use (never at import: a bad setting must not hide functions)."""
-    return build_services(get_config(), factory=default_factory())
+    return shared.build_services(shared.get_config(), factory=shared.default_factory())
 
 
 @app.timer_trigger(arg_name="timer", schedule="%REPLICATOR_SCHEDULE%")
@@ -75,7 +73,7 @@ def schedule_passes(
     with correlation(context.invocation_id):
         try:
             services = _services()
-            messages = schedule(
+            messages = shared.schedule(
                 services.config,
                 checkpoints=services.checkpoints,
                 discovery=services.discovery,
@@ -141,7 +139,7 @@ def test_auth(req: func.HttpRequest, context: func.Context) -> func.HttpResponse
     _telemetry_configured()
     with correlation(context.invocation_id):
         try:
-            report = run_test_auth(get_config(), default_factory(), clock=SystemClock())
+            report = shared.run_test_auth(shared.get_config(), shared.default_factory(), clock=SystemClock())
         except ConfigError as exc:
             return _json({"ok": False, "problems": exc.problems, "hint": exc.hint}, status=503)
     return _json(report.to_dict(), status=200 if report.ok else 503)

@@ -17,11 +17,12 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
-
-from opentelemetry import metrics
+from typing import TYPE_CHECKING, Any
 
 from shared.redaction import RedactingFilter
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
 
 METER_NAME = "cosmos_mongo_replicator"
 APPINSIGHTS_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
@@ -119,6 +120,13 @@ def configure_telemetry(environ: Mapping[str, str] | None = None) -> bool:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+def _default_meter() -> Meter:
+    """The global provider's meter; OpenTelemetry is imported here, on first use, not when a function app indexes."""
+    from opentelemetry import metrics
+
+    return metrics.get_meter(METER_NAME)
+
+
 class AuthMetrics:
     """The Entra auth instruments (names follow the feature list's ``replicator_mongo_*`` convention).
 
@@ -126,8 +134,8 @@ class AuthMetrics:
     kind, the error type, the auth method.
     """
 
-    def __init__(self, meter: metrics.Meter | None = None) -> None:
-        m = meter or metrics.get_meter(METER_NAME)
+    def __init__(self, meter: Meter | None = None) -> None:
+        m = meter or _default_meter()
         self.auth_attempts = m.create_counter(
             "replicator_mongo_auth_attempts_total", description="Requests to the token source, retries included."
         )
@@ -164,8 +172,8 @@ class AuthMetrics:
 class ReplicationMetrics:
     """Per-stream replication instruments; every data point carries the ``stream`` attribute."""
 
-    def __init__(self, meter: metrics.Meter | None = None) -> None:
-        m = meter or metrics.get_meter(METER_NAME)
+    def __init__(self, meter: Meter | None = None) -> None:
+        m = meter or _default_meter()
         self.events_read = m.create_counter(
             "replicator_events_read_total", description="Change events read, by stream and operation."
         )

@@ -4,11 +4,12 @@ Two nx-27017 servers run as child processes: a source, and an estuary that also 
 run writes N change events (70 % inserts, 20 % updates, 10 % deletes, interleaved; string ids, JSON-native
 fields) to a fresh source database, then measures draining them into a fresh estuary database:
 
-* baseline: a minimal pymongo loop: ``watch(resume_after=token, full_document="updateLookup")`` and one
-  unordered ``bulk_write`` of ``ReplaceOne(upsert)`` / ``DeleteOne`` per ``--batch-size`` events; no
-  checkpoints, no leases, no retries, no collapsing of events on the same ``_id``;
-* replicator: ``Replicator.run_pass`` (lease, fenced checkpoint after every batch, metrics) repeated until
-  the passes' ``events`` add up to N, with the same batch size.
+* baseline: the loop a user would write: ``watch(resume_after=token, full_document="updateLookup")`` and one
+  unordered ``bulk_write`` of ``ReplaceOne(upsert)`` / ``DeleteOne`` per ``--baseline-batch`` events (1,000),
+  single-threaded; no checkpoints, no leases, no retries, no collapsing of events on the same ``_id``;
+* replicator: ``Replicator.run_pass`` (lease, fenced checkpoint after every batch, metrics, the next batch read
+  while the previous one is written) repeated until the passes' ``events`` add up to N, with ``--batch-size`` and
+  ``--apply-concurrency`` (the configuration's defaults unless given).
 
 Both read from a position taken before the writes (the baseline's ``watch().resume_token``; the
 replicator's first pass, which saves its start position), so both drain the same backlog. The figure is the
@@ -24,11 +25,11 @@ drain; the lifetime peak elsewhere). ``--scale-check`` drains N and 4 x N events
 ``tracemalloc`` and compares the Python heap peaks (slower; those rates are not comparable). ``--profile``
 drains N events of each kind under cProfile and prints where the client spends its time.
 
-Target (the throughput issue): replicator >= 0.9 x baseline events/s, with bounded memory.
+Target (issue 12): replicator >= 1.25 x baseline events/s, with bounded memory.
 ``--fencing transaction`` measures the estuary fence's transactions (each batch a transaction that first updates
 the stream's fence document); nx-27017 is a standalone, so the default ``auto`` fences by a deadline there.
-Run: ``.venv/bin/python -m bench.replication_throughput [--events 10000] [--runs 5] [--fencing MODE]
-[--scale-check] [--profile] [--json]``.
+Run: ``.venv/bin/python -m bench.replication_throughput [--events 10000] [--runs 5] [--batch-size B]
+[--baseline-batch B] [--apply-concurrency C] [--fencing MODE] [--scale-check] [--profile] [--json]``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from bench.common import MIB, Doc, PeakRss, Progress, differences, machine, orde
 from bench.replication_report import Drain, Kind, Mode, print_report, profile_breakdown, summarise
 from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
-from shared.config import ReplicatorConfig
+from shared.config import ReplicatorConfig, StreamConfig
 from shared.replicate import Replicator
 from shared.services import build_services
 from shared.telemetry import ReplicationMetrics
@@ -169,6 +170,8 @@ class Bench:
         self.rss = PeakRss()
         self.profiles: dict[str, dict[str, float]] = {}
         self._runs = 0
+        # Given only when asked for: the configuration's defaults otherwise (and code before apply_concurrency runs).
+        self._tuning = {"batch_size": args.batch_size, "apply_concurrency": args.apply_concurrency}
 
     def close(self) -> None:
         self.source.close()
@@ -204,7 +207,7 @@ class Bench:
         rate = preload(source, n, seed=n)  # the same workload for every drain of N events
         rss_start = self._settle()
         with probe:
-            seconds = drain_baseline(source, estuary, token, n, self.args.batch_size)
+            seconds = drain_baseline(source, estuary, token, n, self.args.baseline_batch)
         return Drain(
             "baseline", run, probe.mode, n, seconds, n / seconds, rss_start_mib=rss_start, preload_events_per_s=rate
         )
@@ -256,7 +259,7 @@ class Bench:
                             "database": f"{name}-estuary",
                             "collection": "events",
                         },
-                        "batch_size": self.args.batch_size,
+                        **{key: value for key, value in self._tuning.items() if value is not None},
                         "poll_interval": self.args.poll_interval,
                         "idle_timeout": idle_timeout,
                         "fencing": self.args.fencing,
@@ -281,11 +284,19 @@ def scale_check(bench: Bench, n: int) -> dict[str, Any]:
     return {"drains": [asdict(d) for d in drains], "bounded": bounded}
 
 
+def _default(setting: str) -> Any:
+    """A stream setting's default (``None`` in code that predates it: measuring an earlier commit)."""
+    field = StreamConfig.model_fields.get(setting)
+    return None if field is None else field.default
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000, help="change events per drain (default 10000)")
     parser.add_argument("--runs", type=int, default=5, help="timed drains of each kind, alternating (default 5)")
-    parser.add_argument("--batch-size", type=int, default=500, help="events per estuary write (default 500)")
+    parser.add_argument("--batch-size", type=int, help="replicator events per batch (default: the configuration's)")
+    parser.add_argument("--apply-concurrency", type=int, help="replicator apply_concurrency (the configuration's)")
+    parser.add_argument("--baseline-batch", type=int, default=1000, help="raw loop events per write (default 1000)")
     parser.add_argument("--poll-interval", type=float, default=0.1, help="replicator poll interval, s (default 0.1)")
     parser.add_argument("--idle-timeout", type=float, default=1.0, help="replicator idle timeout, s (default 1)")
     parser.add_argument(
@@ -305,7 +316,9 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": machine(),
         "events": args.events,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or _default("batch_size"),
+        "apply_concurrency": args.apply_concurrency or _default("apply_concurrency"),
+        "baseline_batch": args.baseline_batch,
         "runs": args.runs,
         "fencing": args.fencing,
     }

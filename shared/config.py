@@ -217,6 +217,8 @@ class StreamConfig(BaseModel):
             return
         if estuary.collection is not None:
             yield "estuary.collection", "must be omitted when the source names no collection: each keeps its name"
+        if self.cursor == "single":
+            yield from self._single_cursor_problems()
         if kind == "database":
             if estuary.database is None:
                 yield "estuary.database", "is required: the database the source's collections are copied into"
@@ -235,6 +237,22 @@ class StreamConfig(BaseModel):
             yield "estuary", "is the source cluster itself; set estuary_database_prefix so no database maps onto itself"
         if set(self.estuary_database_prefix) & BAD_DATABASE_CHARS:
             yield "estuary_database_prefix", 'must not contain / \\ . space " $ * < > : | ?'
+
+    def _single_cursor_problems(self) -> Iterator[tuple[str, str]]:
+        """One change stream for many collections has one position: it cannot copy a collection on its own."""
+        if self.initial_sync:
+            yield "initial_sync", "needs cursor: per_collection (each collection is copied from its own position)"
+        for field in ("on_history_lost", "rewind_fallback"):
+            if getattr(self, field) == "resnapshot":
+                yield field, "'resnapshot' needs cursor: per_collection (each collection is copied on its own)"
+
+    @property
+    def target(self) -> scope.Target:
+        """Where this stream writes, for the check that no two streams can write one estuary collection."""
+        e = self.estuary
+        return scope.Target(
+            self.scope, e.database, e.collection, self.estuary_database_prefix, self.include, self.exclude
+        )
 
     @property
     def scope(self) -> Scope:
@@ -341,7 +359,7 @@ class ReplicatorConfig(BaseModel):
         """Two streams that could write the same estuary collection (discovery refuses the rest at run time)."""
         for j, later in enumerate(self.streams):
             for i, earlier in enumerate(self.streams[:j]):
-                if _same_cluster(earlier.estuary, later.estuary) and _may_share_estuary(earlier, later):
+                if _same_cluster(earlier.estuary, later.estuary) and scope.may_share(earlier.target, later.target):
                     yield (
                         f"streams[{j}].estuary",
                         f"may write into the same estuary collection as streams[{i}] ('{earlier.name}'); give each "
@@ -362,24 +380,6 @@ class ReplicatorConfig(BaseModel):
                     "uses the same identity and scope; they share one token cache, so set them alike (the "
                     "'defaults:' block is the easy way)",
                 )
-
-
-def _may_share_estuary(a: StreamConfig, b: StreamConfig) -> bool:
-    """Whether the estuary collections of two streams on one cluster can coincide (a scoped stream: any it covers)."""
-    if a.scope == "cluster" or b.scope == "cluster":
-        wide, other = (a, b) if a.scope == "cluster" else (b, a)
-        prefix = wide.estuary_database_prefix
-        if other.scope == "cluster":
-            return prefix.startswith(other.estuary_database_prefix) or other.estuary_database_prefix.startswith(prefix)
-        return (other.estuary.database or "").startswith(prefix)
-    if a.estuary.database != b.estuary.database:
-        return False
-    if a.scope == b.scope == "collection":
-        return a.estuary.collection == b.estuary.collection
-    if a.scope == b.scope:
-        return True
-    scoped, single = (a, b) if a.scope == "database" else (b, a)
-    return scope.covers(single.estuary.collection or "", "database", scoped.include, scoped.exclude)
 
 
 def _same_cluster(a: MongoConfig, b: MongoConfig) -> bool:

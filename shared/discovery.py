@@ -31,7 +31,7 @@ from shared.replicate.outcome import DROPPED_MESSAGE
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
     from pymongo import MongoClient
 
@@ -113,6 +113,18 @@ class Discovery:
         """The active members in groups of ``collections_per_pass``: one pass request each."""
         active, size = survey.active, stream.collections_per_pass
         return [active[i : i + size] for i in range(0, len(active), size)]
+
+    def accepts(self, stream: StreamConfig) -> Callable[[str], bool]:
+        """Whether a member is one of ``stream``'s, for a single change stream that sees every collection's events."""
+        reserved = self._reserved(stream.source)
+
+        def accept(member: str) -> bool:
+            database, collection = scope.split_member(member, stream.scope)
+            namespace = (database or stream.source.database, collection)
+            ours = collection == FENCES_COLLECTION or namespace in reserved
+            return not ours and stream.member_problem(member) is None
+
+        return accept
 
     def _present(self, stream: StreamConfig) -> list[str]:
         """Every collection on the stream's source (``database.collection`` in a cluster scope), bar our own."""

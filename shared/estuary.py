@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import bson
 from bson.errors import BSONError, InvalidDocument
@@ -114,6 +114,13 @@ class ApplyLanes:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+class Applies(Protocol):
+    """Applies a batch of change events (``EstuaryWriter``; for a single database- or cluster-wide change stream,
+    ``replicate.routing.Router``, which hands each collection's events to its own writer)."""
+
+    def apply(self, events: Sequence[RawBSONDocument], *, lanes: ApplyLanes | None = None) -> ApplyResult: ...
 
 
 class EstuaryWriter:

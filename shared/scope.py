@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 Scope = Literal["collection", "database", "cluster"]
 
@@ -27,6 +27,17 @@ UNIT_SEPARATOR = "/"
 # Never sources of a cluster scope: MongoDB's own databases.
 SYSTEM_DATABASES = frozenset({"admin", "local", "config"})
 MAX_DATABASE_NAME = 63  # Azure DocumentDB and MongoDB Atlas; MongoDB itself allows 64 bytes
+
+
+class Target(NamedTuple):
+    """Where a stream writes: its scope, its estuary database and collection, and what its patterns cover."""
+
+    scope: Scope
+    database: str | None
+    collection: str | None
+    prefix: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
 
 
 def unit_name(stream: str, member: str) -> str:
@@ -70,6 +81,38 @@ def glob_regex(pattern: str) -> str | None:
     if "[" in pattern:
         return None
     return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+
+
+def ns_match(scope: Scope, include: Sequence[str]) -> dict[str, Any]:
+    """The ``$match`` a single change stream over a database or cluster reads through: no ``system.*`` collections, no
+    MongoDB databases, and (database scope) only the ``include`` patterns when each is a plain glob. Events without
+    a collection (``dropDatabase``, ``invalidate``) always pass; ``covers`` stays the rule, applied to every event."""
+    conditions: list[dict[str, Any]] = [{"ns.coll": {"$not": {"$regex": "^system\\."}}}]
+    if scope == "cluster":
+        conditions.append({"ns.db": {"$nin": sorted(SYSTEM_DATABASES)}})
+    regexes = [glob_regex(pattern) for pattern in include]
+    if scope == "database" and include and all(regexes):
+        conditions.append(
+            {"$or": [{"ns.coll": {"$exists": False}}, *({"ns.coll": {"$regex": r}} for r in regexes if r)]}
+        )
+    return {"$match": {"$and": conditions}}
+
+
+def may_share(a: Target, b: Target) -> bool:
+    """Whether two streams writing to one cluster can write one estuary collection (a scoped one: any it covers)."""
+    if "cluster" in (a.scope, b.scope):
+        wide, other = (a, b) if a.scope == "cluster" else (b, a)
+        if other.scope == "cluster":
+            return wide.prefix.startswith(other.prefix) or other.prefix.startswith(wide.prefix)
+        return (other.database or "").startswith(wide.prefix)
+    if a.database != b.database:
+        return False
+    if a.scope == b.scope == "collection":
+        return a.collection == b.collection
+    if a.scope == b.scope:
+        return True
+    scoped, single = (a, b) if a.scope == "database" else (b, a)
+    return covers(single.collection or "", "database", scoped.include, scoped.exclude)
 
 
 def pattern_problems(patterns: Iterable[str]) -> list[str]:

@@ -56,6 +56,12 @@ def build_services(
     dead_letters = DeadLetters(database[own[1]], clock=clock)
     discovery = Discovery(config, clients=factory, checkpoints=checkpoints, own_collections=own)
     replicator = Replicator(
-        config, checkpoints=checkpoints, dead_letters=dead_letters, collections=factory, clock=clock, metrics=metrics
+        config,
+        checkpoints=checkpoints,
+        dead_letters=dead_letters,
+        collections=factory,
+        discovery=discovery,
+        clock=clock,
+        metrics=metrics,
     )
     return Services(config, clock, metrics, factory, checkpoints, dead_letters, discovery, replicator)

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
@@ -34,8 +34,7 @@ from shared.mongo_errors import is_history_lost, is_transient, summary
 from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from pymongo.change_stream import CollectionChangeStream
-    from pymongo.collection import Collection
+    from pymongo.change_stream import ChangeStream
 
     from shared.clock import Clock
 
@@ -77,13 +76,28 @@ class Batch:
     lifecycle: RawBSONDocument | None = None
 
 
+class Watched(Protocol):
+    """What a change stream is opened on: a collection, or (``cursor: single``) a whole database or cluster."""
+
+    def watch(
+        self,
+        *,
+        pipeline: list[dict[str, Any]],
+        full_document: str | None,
+        resume_after: Mapping[str, Any] | None,
+        start_after: Mapping[str, Any] | None,
+        start_at_operation_time: Timestamp | None,
+        max_await_time_ms: int | None,
+    ) -> ChangeStream[RawBSONDocument]: ...
+
+
 class ChangeStreamReader:
     """Reads one collection's change stream in batches, from ``resume_token`` (a token, or a cluster time made by
     ``at_time``; from now when ``None``)."""
 
     def __init__(
         self,
-        collection: Collection[RawBSONDocument],
+        collection: Watched,
         *,
         resume_token: Mapping[str, Any] | None,
         start_after: bool,
@@ -99,7 +113,7 @@ class ChangeStreamReader:
         self._full_document = full_document
         self._poll_interval = poll_interval
         self._clock = clock
-        self._stream: CollectionChangeStream[RawBSONDocument] | None = None
+        self._stream: ChangeStream[RawBSONDocument] | None = None
         self._reopens = 0
 
     @property
@@ -194,7 +208,7 @@ class ChangeStreamReader:
             self.close()
         return event
 
-    def _open(self) -> CollectionChangeStream[RawBSONDocument]:
+    def _open(self) -> ChangeStream[RawBSONDocument]:
         if self._stream is not None:
             return self._stream
         at = position_time(self._position)

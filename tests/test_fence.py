@@ -221,6 +221,7 @@ def test_a_copy_by_a_worker_that_lost_the_stream_should_be_refused(harness):
         checkpoints=Overtaken(harness.state.checkpoints, clock=SystemClock()),
         dead_letters=services.dead_letters,
         collections=harness.factory,
+        discovery=services.discovery,
         clock=SystemClock(),
         metrics=services.metrics,
     )

@@ -102,6 +102,7 @@ def test_a_crash_between_the_estuary_write_and_the_checkpoint_should_replay_harm
             checkpoints=crashing,
             dead_letters=built.dead_letters,
             collections=harness.factory,
+            discovery=built.discovery,
             clock=built.clock,
             metrics=built.metrics,
         ),

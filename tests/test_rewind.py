@@ -291,9 +291,6 @@ def test_rewind_should_stop_after_three_in_one_pass_and_follow_the_fallback(harn
     assert [stage.get("startAtOperationTime") for stage in scripted.opened[1:]] == [Timestamp(1_800_000_090, 0)] * 3
 
 
-@pytest.mark.xfail(
-    strict=True, reason="streaming.py Streamer._save must pass last_cluster_time=batch.last_cluster_time to save()"
-)
 def test_a_pass_should_save_the_cluster_time_of_the_last_applied_event(harness, scripted):
     seed(harness, cluster_time=None)
     scripted.aggregates = [Answer([event("t1", "a", Timestamp(1_800_000_200, 1)), event("t2", "b", LAST)])]

@@ -20,8 +20,9 @@ The rules a pass keeps:
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from shared.errors import ConfigError, ReplicatorError
@@ -33,6 +34,7 @@ from shared.position import CopyProgress, hold_lease
 from shared.replicate.copying import Copy, begin_copy
 from shared.replicate.members import run_members
 from shared.replicate.outcome import DROPPED_MESSAGE, PassResult, PassTimer, StreamHaltedError
+from shared.replicate.routing import Collections, Ends, pass_ends
 from shared.replicate.streaming import Streamer
 from shared.streams import HistoryLostError, at_time, describe_time, rewind_time
 from shared.telemetry import get_logger
@@ -42,11 +44,12 @@ if TYPE_CHECKING:
 
     from bson import Timestamp
     from bson.raw_bson import RawBSONDocument
-    from pymongo.collection import Collection
 
     from shared.clock import Clock
-    from shared.config import MongoConfig, ReplicatorConfig, StreamConfig
+    from shared.config import ReplicatorConfig
     from shared.dead_letters import DeadLetters
+    from shared.discovery import Discovery
+    from shared.estuary import Applies
     from shared.position import CheckpointStore, Held
     from shared.replicate.outcome import PassOutcome, TimeOutcome
     from shared.telemetry import ReplicationMetrics
@@ -54,12 +57,6 @@ if TYPE_CHECKING:
 _REWINDS_PER_PASS = 3  # on_history_lost: rewind; a stream that keeps losing its position follows rewind_fallback
 
 _log = get_logger(__name__)
-
-
-class Collections(Protocol):
-    """Opens an endpoint's collection reading raw BSON (``ClientFactory`` does, through the shared clients)."""
-
-    def collection(self, config: MongoConfig) -> Collection[RawBSONDocument]: ...
 
 
 class Replicator:
@@ -73,6 +70,7 @@ class Replicator:
         checkpoints: CheckpointStore,
         dead_letters: DeadLetters,
         collections: Collections,
+        discovery: Discovery,
         clock: Clock,
         metrics: ReplicationMetrics,
     ) -> None:
@@ -80,6 +78,7 @@ class Replicator:
         self._checkpoints = checkpoints
         self._dead_letters = dead_letters
         self._collections = collections
+        self._discovery = discovery
         self._clock = clock
         self._metrics = metrics
 
@@ -89,7 +88,7 @@ class Replicator:
         """One pass of the stream ``name`` (or unit ``stream/collection``); raises when it failed in a way worth
         retrying. ``drain``: end once caught up (a collection of a scoped stream); ``budget``: at most this long."""
         stream = self._config.stream(name)
-        if stream.scope != "collection":
+        if stream.scope != "collection" and stream.cursor == "per_collection":
             raise ConfigError(
                 [f"stream '{name}' covers the matching collections of a {stream.scope}: its passes are per collection"],
                 hint="run_collections runs some of them; python -m shared status lists them",
@@ -101,12 +100,16 @@ class Replicator:
                 result = PassResult(name, "lease_held")
             else:
                 result = _Pass(
-                    stream,
+                    pass_ends(
+                        stream,
+                        collections=self._collections,
+                        accepts=self._discovery.accepts,
+                        dead_letters=self._dead_letters,
+                        clock=self._clock,
+                    ),
                     held,
                     checkpoints=self._checkpoints,
                     dead_letters=self._dead_letters,
-                    source=self._collections.collection(stream.source),
-                    estuary=self._collections.collection(stream.estuary),
                     clock=self._clock,
                     metrics=self._metrics,
                     stop=stop or threading.Event(),
@@ -146,26 +149,23 @@ class _Pass:
 
     def __init__(
         self,
-        stream: StreamConfig,
+        ends: Ends,
         held: Held,
         *,
         checkpoints: CheckpointStore,
         dead_letters: DeadLetters,
-        source: Collection[RawBSONDocument],
-        estuary: Collection[RawBSONDocument],
         clock: Clock,
         metrics: ReplicationMetrics,
         stop: threading.Event,
         drain: bool,
         budget: float,
     ) -> None:
-        self._stream = stream
+        self._stream = stream = ends.stream
         self._checkpoint = held.checkpoint
         self._held = HeldLease(held.lease, clock=clock)
         self._checkpoints = checkpoints
         self._dead_letters = dead_letters
-        self._source = source
-        self._estuary = estuary
+        _, self._source, self._estuary, self._route = ends
         self._clock = clock
         self._metrics = metrics
         self._stop = stop
@@ -176,13 +176,17 @@ class _Pass:
         self._attributes = {"stream": stream.name}
         self._started = clock.monotonic()
         self._result = PassResult(stream.name, "idle")
-        self._fence = EstuaryFence(
-            estuary,
-            stream=stream.name,
-            held=self._held,
-            mode=stream.fencing,
-            write_timeout=stream.estuary_write_timeout,
-            clock=clock,
+        self._fence = (
+            None
+            if self._estuary is None
+            else EstuaryFence(
+                self._estuary,
+                stream=stream.name,
+                held=self._held,
+                mode=stream.fencing,
+                write_timeout=stream.estuary_write_timeout,
+                clock=clock,
+            )
         )
 
     def run(self) -> PassResult:
@@ -218,7 +222,7 @@ class _Pass:
     def _phases(self, streamer: Streamer) -> TimeOutcome:
         """Copy when a copy is due (resuming one under way), then stream; recover from a lost token by policy."""
         checkpoint = self._checkpoint
-        if self._drain and not _exists(self._source):
+        if self._drain and isinstance(self._source, Collection) and not _exists(self._source):
             # DocumentDB sends no drop event: a scoped stream's collection is looked for before each pass.
             raise StreamHaltedError("dropped", DROPPED_MESSAGE)
         self._checkpoints.set_status(self._held.lease, "running")
@@ -305,13 +309,7 @@ class _Pass:
         return Streamer(
             self._stream,
             source=self._source,
-            writer=EstuaryWriter(
-                self._fence.write,
-                self._dead_letters,
-                stream=self._stream.name,
-                max_attempts=self._stream.max_apply_attempts,
-                transform=self._stream.transform,
-            ),
+            writer=self._writer(),
             checkpoints=self._checkpoints,
             held=self._held,
             clock=self._clock,
@@ -321,12 +319,30 @@ class _Pass:
             start_after=self._checkpoint.start_after,
         )
 
+    def _writer(self) -> Applies:
+        if self._route is not None:
+            return self._route(self._held)
+        return EstuaryWriter(
+            self._estuary_fence().write,
+            self._dead_letters,
+            stream=self._stream.name,
+            max_attempts=self._stream.max_apply_attempts,
+            transform=self._stream.transform,
+        )
+
+    def _estuary_fence(self) -> EstuaryFence:
+        if self._fence is None:  # validation keeps copies and single change streams apart
+            raise ReplicatorError(f"stream {self._stream.name}: a single change stream has no one estuary to copy to")
+        return self._fence
+
     def _copy(self) -> Copy:
+        if not isinstance(self._source, Collection) or self._estuary is None:
+            raise ReplicatorError(f"stream {self._stream.name}: a single change stream cannot copy its collections")
         return Copy(
             self._stream,
             source=self._source,
             estuary=self._estuary,
-            write=self._fence.write,
+            write=self._estuary_fence().write,
             dead_letters=self._dead_letters,
             checkpoints=self._checkpoints,
             held=self._held,

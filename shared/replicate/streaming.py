@@ -28,14 +28,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from bson.raw_bson import RawBSONDocument
-    from pymongo.collection import Collection
 
     from shared.clock import Clock
     from shared.config import StreamConfig
-    from shared.estuary import ApplyResult, EstuaryWriter
+    from shared.estuary import Applies, ApplyResult
     from shared.lease import HeldLease
     from shared.position import CheckpointStore
     from shared.replicate.outcome import PassResult, PassTimer, TimeOutcome
+    from shared.streams import Watched
     from shared.telemetry import ReplicationMetrics
 
 _IDLE_SAVE_INTERVAL = 5.0  # seconds between checkpoint writes of the post-batch token while no events arrive
@@ -46,7 +46,7 @@ _log = get_logger(__name__)
 
 def open_reader(
     stream: StreamConfig,
-    source: Collection[RawBSONDocument],
+    source: Watched,
     *,
     clock: Clock,
     token: Mapping[str, Any] | None,
@@ -71,8 +71,8 @@ class Streamer:
         self,
         stream: StreamConfig,
         *,
-        source: Collection[RawBSONDocument],
-        writer: EstuaryWriter,
+        source: Watched,
+        writer: Applies,
         checkpoints: CheckpointStore,
         held: HeldLease,
         clock: Clock,
@@ -174,6 +174,7 @@ class Streamer:
             resume_token=batch.resume_token,
             start_after=start_after,
             last_event_at=batch.last_event_at,
+            last_cluster_time=batch.last_cluster_time,
             counters=counters,
         )
         self._held.renewed(renewed)

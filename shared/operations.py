@@ -137,7 +137,7 @@ def schedule(
 def _surveys(config: ReplicatorConfig, discovery: Discovery) -> Iterator[tuple[StreamConfig, Survey]]:
     """A survey of each enabled scoped stream; one whose source cannot be listed is logged and skipped this tick."""
     for stream in config.streams:
-        if not stream.enabled or stream.scope == "collection":
+        if not stream.enabled or stream.scope == "collection" or stream.cursor == "single":
             continue
         try:
             yield stream, discovery.survey(stream)

@@ -74,12 +74,13 @@ class PassRequest:
 
 
 def pass_requests(config: ReplicatorConfig, *, correlation_id: str, now: float) -> list[str]:
-    """One message per enabled single-collection stream, in configuration order; disabled streams get none (the
-    scoped ones are planned by ``discovery`` at every tick)."""
+    """One message per enabled stream that runs as one pass (one collection, or one change stream for a database or
+    cluster), in configuration order; disabled streams get none. A scoped stream's per-collection passes are
+    planned by ``discovery`` at every tick."""
     return [
         PassRequest(stream.name, correlation_id, now).to_message()
         for stream in config.streams
-        if stream.enabled and stream.scope == "collection"
+        if stream.enabled and (stream.scope == "collection" or stream.cursor == "single")
     ]
 
 

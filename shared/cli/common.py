@@ -50,9 +50,13 @@ def add_collection(parser: argparse.ArgumentParser) -> None:
 def one_stream(config: ReplicatorConfig, stream: str, collection: str | None) -> StreamConfig:
     """The stream ``--stream`` names, or one collection of it (``--collection``); a scoped stream needs the latter."""
     if collection is not None:
+        if config.stream(stream).cursor == "single":
+            raise ConfigError(
+                [f"stream '{stream}' reads one change stream for all its collections: address it without --collection"]
+            )
         return config.stream(scope.unit_name(stream, collection))
     found = config.stream(stream)
-    if found.scope != "collection":
+    if found.scope != "collection" and found.cursor == "per_collection":
         raise ConfigError(
             [f"stream '{stream}' replicates every matching collection of a {found.scope}: name one with --collection"],
             hint=f"python -m shared status --stream {stream} lists them",

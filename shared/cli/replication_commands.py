@@ -69,7 +69,7 @@ def execute_run(args: argparse.Namespace) -> int:
         workers = [
             threading.Thread(target=_run_stream, args=(built.replicator, n, stop, args.once, failures, report), name=n)
             for n in names
-            if built.config.stream(n).scope == "collection"
+            if not _per_collection(built.config.stream(n))
         ]
         workers += [
             threading.Thread(
@@ -78,7 +78,7 @@ def execute_run(args: argparse.Namespace) -> int:
                 name=n,
             )
             for n in names
-            if built.config.stream(n).scope != "collection"
+            if _per_collection(built.config.stream(n))
         ]
         for worker in workers:
             worker.start()
@@ -121,6 +121,11 @@ def _run_stream(
             return
         if result.outcome == "lease_held":
             stop.wait(_LEASE_HELD_PAUSE)  # another worker has it; look again later instead of spinning
+
+
+def _per_collection(stream: StreamConfig) -> bool:
+    """A scoped stream whose collections run as passes of their own (not one change stream for all)."""
+    return stream.scope != "collection" and stream.cursor == "per_collection"
 
 
 def _run_scoped(
@@ -215,7 +220,7 @@ def execute_status(args: argparse.Namespace) -> int:
 
 def _rows(built: Services, stream: StreamConfig, collection: str | None, notes: list[str]) -> list[_Row]:
     """The stream's row; for a scoped stream, a row per collection it covers now or ever replicated."""
-    if stream.scope == "collection":
+    if not _per_collection(stream):
         return [_Row(stream, None, built.checkpoints.read(stream.name))]
     if collection is not None:
         unit = built.config.stream(scope.unit_name(stream.name, collection))  # refuses one the stream cannot cover

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
-from shared.errors import ReplicatorError
+from shared.errors import ConfigError, ReplicatorError
 from shared.position import hold_lease
 from shared.replicate.streaming import open_reader
 from shared.streams import HistoryLostError, at_time, describe_time
@@ -34,6 +34,11 @@ _log = get_logger(__name__)
 def reset_stream(stream: StreamConfig, mode: ResetMode, *, checkpoints: CheckpointStore) -> Checkpoint:
     """Restart ``stream`` from now (recording the skipped span as a gap) or copy it again; clears its error."""
     name = stream.name
+    if mode == "resnapshot" and stream.cursor == "single":
+        raise ConfigError(
+            [f"stream '{name}' reads one change stream for all its collections, which copies nothing"],
+            hint="reset it --from now or --at TIME; for copies, use cursor: per_collection",
+        )
     with _operator_lease(stream, checkpoints) as (lease, checkpoint):
         if mode == "resnapshot":
             checkpoints.begin_snapshot(lease, reason="operator reset")

@@ -178,6 +178,10 @@ def test_the_reset_command_at_an_iso_time_should_say_where_the_next_pass_starts(
     checkpoint = harness.checkpoints.read("orders")
     assert checkpoint is not None
     assert position_time(checkpoint.resume_token) == cluster_time(at)
+    assert main(["status", "--config", config_file(harness, scripted, tmp_path), "--stream", "orders"]) == 0
+    status = capsys.readouterr().out
+    assert f"    REWOUND    to {at.replace('T', ' ')} UTC" in status
+    assert "by an operator (reset --at)" in status
 
 
 def test_the_reset_command_at_a_time_after_the_last_event_should_report_the_gap_as_json(

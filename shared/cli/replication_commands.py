@@ -27,6 +27,7 @@ from shared.cli.common import (
     services,
     utc,
 )
+from shared.cli.reset_command import rewind_line
 from shared.config import StreamConfig
 from shared.errors import ConfigError
 from shared.mongo_errors import explain
@@ -259,6 +260,7 @@ def _status_dict(row: _Row, now: float) -> dict[str, object]:
         "counters": cp.counters,
         "last_error": cp.last_error,
         "gaps": cp.gaps,
+        "last_rewind": cp.last_rewind,
         "lease_owner": cp.lease_owner if (cp.lease_expires_at or 0) > now else None,
     }
 
@@ -309,6 +311,8 @@ def _render_status(row: _Row, now: float) -> str:
             f"{utc(gap.get('to'), missing='the start')} were not "
             f"replicated: {gap.get('reason')}"
         )
+    if (rewound := rewind_line(cp.last_rewind, now)) is not None:
+        lines.append(rewound)
     return "\n".join(lines)
 
 

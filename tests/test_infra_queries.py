@@ -54,6 +54,7 @@ def test_workbook_should_carry_every_dashboard_query_as_valid_json() -> None:
     queries = {item["content"]["query"] for item in content["items"] if item["type"] == 3}
     for name in (
         "replication-lag",
+        "collections-behind",
         "events-per-second",
         "auth-failures",
         "token-cache-hit-ratio",

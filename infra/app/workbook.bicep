@@ -29,6 +29,12 @@ var charts = [
     visualization: 'timechart'
   }
   {
+    name: 'collections-behind'
+    title: 'Scoped streams: the collections furthest behind (s)'
+    query: loadTextContent('../queries/collections-behind.kql')
+    visualization: 'table'
+  }
+  {
     name: 'events-per-second'
     title: 'Events applied per second'
     query: loadTextContent('../queries/events-per-second.kql')

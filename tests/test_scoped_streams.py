@@ -107,6 +107,22 @@ def test_a_new_collection_should_be_copied_and_a_dropped_one_marked_and_left_out
     assert harness.estuary.database["a"].find_one({"_id": "again"}) is not None
 
 
+def test_an_idle_collections_pass_should_save_its_position_so_it_keeps_up_with_the_change_log(harness: Harness):
+    harness.source.database["quiet"].insert_one({"_id": 0})
+    services = harness.services(scoped_config(harness))
+    run_tick(services)
+    first = services.checkpoints.read("shop/quiet")
+    assert first is not None
+    assert first.token_saved_at is not None
+    (result,) = run_tick(services)  # nothing happened: one empty poll, and the pass ends
+    assert (result.outcome, result.events) == ("idle", 0)
+    again = services.checkpoints.read("shop/quiet")
+    assert again is not None
+    assert (again.token_saved_at or 0) > first.token_saved_at  # the post-batch token was saved, not left to age
+    assert services.metrics is harness.metrics.replication
+    assert harness.metrics.value("replicator_checkpoint_saves_total", stream="shop/quiet", kind="idle") >= 2
+
+
 def test_one_collection_whose_pass_fails_should_not_stop_the_others(harness: Harness):
     source = harness.source.database
     for name in ("good1", "bad", "good2"):

@@ -35,7 +35,7 @@ from shared.replicate.copying import Copy, begin_copy
 from shared.replicate.members import run_members
 from shared.replicate.outcome import DROPPED_MESSAGE, PassResult, PassTimer, StreamHaltedError
 from shared.replicate.routing import Collections, Ends, pass_ends
-from shared.replicate.streaming import Streamer
+from shared.replicate.streaming import IDLE_SAVE_INTERVAL, Streamer
 from shared.streams import HistoryLostError, at_time, describe_time, rewind_time
 from shared.telemetry import get_logger
 
@@ -317,6 +317,7 @@ class _Pass:
             result=self._result,
             token=self._checkpoint.resume_token,
             start_after=self._checkpoint.start_after,
+            idle_save_interval=0.0 if self._drain else IDLE_SAVE_INTERVAL,
         )
 
     def _writer(self) -> Applies:

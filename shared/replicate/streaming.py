@@ -1,7 +1,7 @@
 """The streaming phase of a pass: read a batch of changes, apply it, save the position; again, until the pass ends.
 
 The position moves only after the estuary acknowledged the batch, and also after empty polls (every
-``_IDLE_SAVE_INTERVAL``), so an idle stream's token does not age out of the change log. A lifecycle event (drop,
+``IDLE_SAVE_INTERVAL``), so an idle stream's token does not age out of the change log. A lifecycle event (drop,
 rename, dropDatabase, invalidate) follows ``on_invalidate``: ``stop`` halts the stream for an operator, ``ignore``
 moves past it. A lost resume token is not handled here: ``HistoryLostError`` goes up to the pass, whose
 ``on_history_lost`` policy decides.
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from shared.streams import Watched
     from shared.telemetry import ReplicationMetrics
 
-_IDLE_SAVE_INTERVAL = 5.0  # seconds between checkpoint writes of the post-batch token while no events arrive
+IDLE_SAVE_INTERVAL = 5.0  # seconds between checkpoint writes of the post-batch token while no events arrive
 _RENEW_MARGIN = 2.0  # seconds of lease kept beyond write_timeout when a write starts
 
 _log = get_logger(__name__)
@@ -80,9 +80,13 @@ class Streamer:
         result: PassResult,
         token: Mapping[str, Any] | None,
         start_after: bool,
+        idle_save_interval: float = IDLE_SAVE_INTERVAL,
     ) -> None:
+        """``idle_save_interval``: 0 for a pass that ends at its first empty poll (a scoped stream's collection), so
+        that poll's post-batch token is saved and an idle collection's position keeps up with the change log."""
         self._stream = stream
         self._source = source
+        self._idle_save_interval = idle_save_interval
         self._writer = writer
         self._checkpoints = checkpoints
         self._held = held
@@ -124,7 +128,7 @@ class Streamer:
                 if batch.events:
                     self._apply(batch, lanes, start_after=start_after)
                     active_at = self._clock.monotonic()
-                elif self._clock.monotonic() - self._saved_at >= _IDLE_SAVE_INTERVAL:
+                elif self._clock.monotonic() - self._saved_at >= self._idle_save_interval:
                     self._save(batch, kind="idle", start_after=start_after)
                 if batch.lifecycle is not None:
                     self._lifecycle(batch.lifecycle)

@@ -15,6 +15,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,49 @@ class Progress(Counter):
     reaching N also ends the pass (used when profiling, where the idle tail would only add sleep).
     """
 
-    def __init__(self, target: int, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, target: int, stop: threading.Event | None = None, on_reached: Callable[[], None] | None = None
+    ) -> None:
         self.target = target
         self.count = 0
         self.reached_at: float | None = None
         self._stop = stop
+        self._on_reached = on_reached
 
     def add(self, amount: float, attributes: Attributes = None, context: Context | None = None) -> None:
         self.count += int(amount)
         if self.reached_at is None and self.count >= self.target:
             self.reached_at = time.perf_counter()
+            if self._on_reached is not None:
+                self._on_reached()
             if self._stop is not None:
                 self._stop.set()
+
+
+class CpuMeter:
+    """CPU seconds (user + system) that processes used between ``start`` and ``stop``: the benchmark itself (every
+    thread) and the servers, by name. On a 2-core machine their sum over the wall time says how close a run came to
+    what the cores can give. Linux /proc; zeros elsewhere."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._pids = {"client": None, **pids}
+        self._started: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._started = {name: _cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> None:
+        self.used = {name: round(_cpu_seconds(pid) - self._started[name], 3) for name, pid in self._pids.items()}
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    try:
+        stat = Path(f"/proc/{pid or 'self'}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def differences(source: Collection[Doc], estuary: Collection[Doc]) -> int:

@@ -34,6 +34,8 @@ class Drain:
     rss_peak_mib: float = 0.0
     heap_peak_mib: float | None = None  # mode "heap": tracemalloc peak during the drain
     preload_events_per_s: float = 0.0
+    cpu_seconds: dict[str, float] | None = None  # until the estuary held all N events: client and each server
+    batch_size: int | None = None  # replicator: events per batch
 
 
 _PROFILE_ROWS = (  # (label, file suffix, function): cumulative seconds in these calls; "" adds to the row above
@@ -84,40 +86,70 @@ def summarise(drains: list[Drain]) -> dict[str, Any]:
         "baseline_peak_rss_mib": max(d.rss_peak_mib for d in base),
         "replicator_peak_rss_mib": max(d.rss_peak_mib for d in repl),
         "target_met": ratio >= TARGET_RATIO,
+        "cpu_seconds": {kind: _cpu(ds) for kind, ds in (("baseline", base), ("replicator", repl))},
     }
 
 
+def _cpu(drains: list[Drain]) -> dict[str, float]:
+    """Median CPU seconds of each process over the drains, and the cores they kept busy (CPU / wall time)."""
+    timed = [d for d in drains if d.cpu_seconds]
+    if not timed:
+        return {}
+    names = list(timed[0].cpu_seconds or {})
+    out = {name: round(statistics.median((d.cpu_seconds or {})[name] for d in timed), 2) for name in names}
+    out["cores_busy"] = round(statistics.median(sum((d.cpu_seconds or {}).values()) / d.seconds for d in timed), 2)
+    return out
+
+
 def print_report(results: dict[str, Any]) -> None:
-    s = results["summary"]
     print(f"replication throughput on {results['machine']}")
     print(
         f"  {results['events']} events per drain (70% inserts, 20% updates, 10% deletes), replicator batch "
-        f"{results['batch_size']} (apply_concurrency {results['apply_concurrency'] or '-'}), baseline batch "
-        f"{results['baseline_batch']}, {results['runs']} drains of each kind alternating; every estuary equals its "
-        "source"
+        f"{', '.join(map(str, results['batch_size']))} (apply_concurrency {results['apply_concurrency'] or '-'}), "
+        f"baseline batch {results['baseline_batch']}, {results['runs']} drains of each kind alternating; every estuary "
+        "equals its source"
     )
+    if results.get("latency_ms"):
+        print(f"  every request to either server through a proxy adding {results['latency_ms']:g} ms (bench.latency)")
     print(
-        f"  {'run':<4}{'kind':<12}{'events/s':>9}{'time':>8}{'idle tail':>11}{'passes':>8}{'RSS start':>11}{'peak':>8}"
+        f"  {'run':<4}{'kind':<12}{'batch':>6}{'events/s':>9}{'time':>8}{'idle tail':>11}{'passes':>8}"
+        f"{'RSS start':>11}{'peak':>8}"
     )
     for d in results["drains"]:
-        tail, passes = (f"{d['tail_seconds']:.2f}s", d["passes"]) if d["kind"] == "replicator" else ("-", "-")
+        repl = d["kind"] == "replicator"
+        tail, passes = (f"{d['tail_seconds']:.2f}s", d["passes"]) if repl else ("-", "-")
+        batch = d["batch_size"] if repl else results["baseline_batch"]
         print(
-            f"  {d['run']:<4}{d['kind']:<12}{d['events_per_s']:>9.0f}{d['seconds']:>7.2f}s{tail:>11}{passes:>8}"
-            f"{d['rss_start_mib']:>8.1f}MiB{d['rss_peak_mib']:>5.1f}MiB"
+            f"  {d['run']:<4}{d['kind']:<12}{batch:>6}{d['events_per_s']:>9.0f}{d['seconds']:>7.2f}s{tail:>11}"
+            f"{passes:>8}{d['rss_start_mib']:>8.1f}MiB{d['rss_peak_mib']:>5.1f}MiB"
         )
+    for size, summary in results["summary"].items():
+        _print_summary(f"replicator batch {size}", summary)
+    _print_extras(results)
+
+
+def _print_summary(label: str, s: dict[str, Any]) -> None:
+    print(f"  {label}:")
     for kind in ("baseline", "replicator"):
         v = s[f"{kind}_events_per_s"]
-        print(f"  {kind:<11} events/s median {v['median']:>6.0f} (min {v['min']:.0f}, max {v['max']:.0f})")
+        print(f"    {kind:<11} events/s median {v['median']:>6.0f} (min {v['min']:.0f}, max {v['max']:.0f})")
     pair = s["ratio_per_pair"]
     print(
-        f"  ratio replicator/baseline {s['ratio_of_medians']:.3f} (ratio of medians; per pair {pair['min']:.3f}-"
+        f"    ratio replicator/baseline {s['ratio_of_medians']:.3f} (ratio of medians; per pair {pair['min']:.3f}-"
         f"{pair['max']:.3f}); target >= {TARGET_RATIO}: {'yes' if s['target_met'] else 'NO'}"
     )
     print(
-        f"  peak RSS while draining: baseline {s['baseline_peak_rss_mib']:.1f} MiB, replicator "
+        f"    peak RSS while draining: baseline {s['baseline_peak_rss_mib']:.1f} MiB, replicator "
         f"{s['replicator_peak_rss_mib']:.1f} MiB; replicator idle tail {s['replicator_idle_tail_s']['median']:.2f}s "
         "(not counted)"
     )
+    for kind, cpu in s["cpu_seconds"].items():
+        if cpu:
+            used = ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items() if name != "cores_busy")
+            print(f"    CPU seconds per {kind} drain (median): {used}; cores busy {cpu['cores_busy']:.2f}")
+
+
+def _print_extras(results: dict[str, Any]) -> None:
     if "scale_check" in results:
         check = results["scale_check"]
         for d in check["drains"]:

@@ -26,10 +26,12 @@ drain; the lifetime peak elsewhere). ``--scale-check`` drains N and 4 x N events
 drains N events of each kind under cProfile and prints where the client spends its time.
 
 Target (issue 12): replicator >= 1.25 x baseline events/s, with bounded memory.
-``--fencing transaction`` measures the estuary fence's transactions (each batch a transaction that first updates
-the stream's fence document); nx-27017 is a standalone, so the default ``auto`` fences by a deadline there.
+``--latency MS`` puts a proxy adding MS to every request in front of both servers (``bench/latency.py``): a cluster
+that is not on loopback, where reading ahead and concurrent writers hide round trips. ``--fencing transaction``
+measures the estuary fence's transactions (each batch a transaction that first updates the stream's fence document);
+nx-27017 is a standalone, so the default ``auto`` fences by a deadline there.
 Run: ``.venv/bin/python -m bench.replication_throughput [--events 10000] [--runs 5] [--batch-size B]
-[--baseline-batch B] [--apply-concurrency C] [--fencing MODE] [--scale-check] [--profile] [--json]``.
+[--baseline-batch B] [--apply-concurrency C] [--latency MS] [--fencing MODE] [--scale-check] [--profile] [--json]``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ from typing import Any
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
 
-from bench.common import MIB, Doc, PeakRss, Progress, differences, machine, order_document
+from bench.common import MIB, CpuMeter, Doc, PeakRss, Progress, differences, machine, order_document
+from bench.latency import LatencyProxy
 from bench.replication_report import Drain, Kind, Mode, print_report, profile_breakdown, summarise
 from localdev.standins.nx import NxServer
 from shared.auth.mongo_client import ClientFactory
@@ -161,8 +164,16 @@ def drain_baseline(
 class Bench:
     """The servers' clients, the replicator's client factory, and one method per kind of drain."""
 
-    def __init__(self, source: NxServer, estuary: NxServer, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        source: NxServer | LatencyProxy,
+        estuary: NxServer | LatencyProxy,
+        args: argparse.Namespace,
+        *,
+        pids: dict[str, int | None],
+    ) -> None:
         self.source_uri, self.estuary_uri = source.uri, estuary.uri
+        self.pids = pids  # of the two nx-27017 servers, for their CPU time
         self.args = args
         self.source: MongoClient[Doc] = MongoClient(source.uri)
         self.estuary: MongoClient[Doc] = MongoClient(estuary.uri)
@@ -170,25 +181,23 @@ class Bench:
         self.rss = PeakRss()
         self.profiles: dict[str, dict[str, float]] = {}
         self._runs = 0
-        # Given only when asked for: the configuration's defaults otherwise (and code before apply_concurrency runs).
-        self._tuning = {"batch_size": args.batch_size, "apply_concurrency": args.apply_concurrency}
 
     def close(self) -> None:
         self.source.close()
         self.estuary.close()
         self.factory.close()
 
-    def drain(self, kind: Kind, n: int, mode: Mode = "timed") -> Drain:
-        """Preload N events into a fresh source database and drain them into a fresh estuary database."""
+    def drain(self, kind: Kind, n: int, mode: Mode = "timed", *, run: int = 0, batch_size: int | None = None) -> Drain:
+        """Preload N events into a fresh source database and drain them into a fresh estuary database (the replicator
+        with ``batch_size`` events per batch: the configuration's default when ``None``)."""
         self._runs += 1
-        run = (self._runs + 1) // 2
         name = f"{kind}-{self._runs}"  # databases: name (source), name-estuary, name-checkpoints
         source, estuary = self.source[name].events, self.estuary[f"{name}-estuary"].events
         probe = Probe(mode)
         if kind == "baseline":
             drain = self._baseline(name, run, n, source, estuary, probe)
         else:
-            drain = self._replicator(name, run, n, source, probe)
+            drain = self._replicator(name, run, n, source, probe, batch_size)
         drain.rss_peak_mib, drain.heap_peak_mib = round(self.rss.peak_mib(), 1), probe.heap_peak_mib
         if probe.profile is not None:
             self.profiles[kind] = profile_breakdown(probe.profile)
@@ -206,22 +215,41 @@ class Bench:
             raise BenchError("the source returned no resume token for a new change stream")
         rate = preload(source, n, seed=n)  # the same workload for every drain of N events
         rss_start = self._settle()
+        cpu = CpuMeter(self.pids)
         with probe:
+            cpu.start()
             seconds = drain_baseline(source, estuary, token, n, self.args.baseline_batch)
+            cpu.stop()
         return Drain(
-            "baseline", run, probe.mode, n, seconds, n / seconds, rss_start_mib=rss_start, preload_events_per_s=rate
+            "baseline",
+            run,
+            probe.mode,
+            n,
+            seconds,
+            n / seconds,
+            rss_start_mib=rss_start,
+            preload_events_per_s=rate,
+            cpu_seconds=cpu.used,
         )
 
-    def _replicator(self, name: str, run: int, n: int, source: Collection[Doc], probe: Probe) -> Drain:
+    def _replicator(
+        self, name: str, run: int, n: int, source: Collection[Doc], probe: Probe, batch_size: int | None
+    ) -> Drain:
         # A first pass with a tiny idle timeout saves the stream's start position before anything is written.
-        self._new_replicator(name, idle_timeout=0.01, metrics=ReplicationMetrics()).run_pass(name)
+        self._new_replicator(name, idle_timeout=0.01, metrics=ReplicationMetrics(), batch_size=batch_size).run_pass(
+            name
+        )
         rate = preload(source, n, seed=n)  # the same workload for every drain of N events
         stop = threading.Event() if probe.mode == "profile" else None
         metrics = ReplicationMetrics()
-        metrics.events_read = progress = Progress(n, stop)
-        replicator = self._new_replicator(name, idle_timeout=self.args.idle_timeout, metrics=metrics)
+        cpu = CpuMeter(self.pids)
+        metrics.events_read = progress = Progress(n, stop, on_reached=cpu.stop)
+        replicator = self._new_replicator(
+            name, idle_timeout=self.args.idle_timeout, metrics=metrics, batch_size=batch_size
+        )
         rss_start = self._settle()
         with probe:
+            cpu.start()
             started, events, passes = time.perf_counter(), 0, 0
             while events < n:
                 result = replicator.run_pass(name, stop=stop)
@@ -242,9 +270,15 @@ class Bench:
             passes=passes,
             rss_start_mib=rss_start,
             preload_events_per_s=rate,
+            cpu_seconds=cpu.used,
+            batch_size=batch_size or _default("batch_size"),
         )
 
-    def _new_replicator(self, name: str, *, idle_timeout: float, metrics: ReplicationMetrics) -> Replicator:
+    def _new_replicator(
+        self, name: str, *, idle_timeout: float, metrics: ReplicationMetrics, batch_size: int | None
+    ) -> Replicator:
+        # Given only when asked for: the configuration's defaults otherwise (and code before apply_concurrency runs).
+        tuning = {"batch_size": batch_size, "apply_concurrency": self.args.apply_concurrency}
         config = ReplicatorConfig.model_validate(
             {
                 # One checkpoint database per stream: on nx-27017 a findAndModify with upsert and an {_id, $or}
@@ -259,7 +293,7 @@ class Bench:
                             "database": f"{name}-estuary",
                             "collection": "events",
                         },
-                        **{key: value for key, value in self._tuning.items() if value is not None},
+                        **{key: value for key, value in tuning.items() if value is not None},
                         "poll_interval": self.args.poll_interval,
                         "idle_timeout": idle_timeout,
                         "fencing": self.args.fencing,
@@ -278,7 +312,7 @@ class Bench:
 
 def scale_check(bench: Bench, n: int) -> dict[str, Any]:
     """Heap peaks while draining N and 4 x N events: bounded if 4 x N needs at most 1.5 x (+1 MiB)."""
-    drains = [bench.drain(kind, size, "heap") for size in (n, 4 * n) for kind in ("baseline", "replicator")]
+    drains = [bench.drain(kind, events, "heap") for events in (n, 4 * n) for kind in ("baseline", "replicator")]
     peaks = {(d.kind, d.events): d.heap_peak_mib or 0.0 for d in drains}
     bounded = all(peaks[(kind, 4 * n)] <= 1.5 * peaks[(kind, n)] + 1.0 for kind in ("baseline", "replicator"))
     return {"drains": [asdict(d) for d in drains], "bounded": bounded}
@@ -294,7 +328,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000, help="change events per drain (default 10000)")
     parser.add_argument("--runs", type=int, default=5, help="timed drains of each kind, alternating (default 5)")
-    parser.add_argument("--batch-size", type=int, help="replicator events per batch (default: the configuration's)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        help="replicator events per batch; several: a replicator drain of each in every run (the configuration's)",
+    )
     parser.add_argument("--apply-concurrency", type=int, help="replicator apply_concurrency (the configuration's)")
     parser.add_argument("--baseline-batch", type=int, default=1000, help="raw loop events per write (default 1000)")
     parser.add_argument("--poll-interval", type=float, default=0.1, help="replicator poll interval, s (default 0.1)")
@@ -305,6 +344,7 @@ def main() -> int:
         default="auto",
         help="how the estuary fences the replicator's writes (nx-27017 is a standalone: auto means deadline)",
     )
+    parser.add_argument("--latency", type=float, default=0.0, help="ms added to every request (a proxy; default 0)")
     parser.add_argument("--settle", type=float, default=0.5, help="pause after preloading, s (default 0.5)")
     parser.add_argument("--scale-check", action="store_true", help="heap peaks while draining N and 4 x N events")
     parser.add_argument("--profile", action="store_true", help="one cProfile'd drain of each kind")
@@ -316,27 +356,48 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": machine(),
         "events": args.events,
-        "batch_size": args.batch_size or _default("batch_size"),
+        "batch_size": args.batch_size or [_default("batch_size")],
         "apply_concurrency": args.apply_concurrency or _default("apply_concurrency"),
         "baseline_batch": args.baseline_batch,
         "runs": args.runs,
         "fencing": args.fencing,
+        "latency_ms": args.latency,
     }
     with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp, ExitStack() as stack:
-        source = stack.enter_context(NxServer(Path(tmp) / "source"))
-        estuary = stack.enter_context(NxServer(Path(tmp) / "estuary"))
-        bench = Bench(source, estuary, args)
+        servers: list[NxServer | LatencyProxy] = []
+        pids: dict[str, int | None] = {}
+        for name in ("source", "estuary"):
+            server: NxServer | LatencyProxy = stack.enter_context(NxServer(Path(tmp) / name))
+            pids[name] = server.pid
+            if args.latency:  # both kinds of drain pay it on every command
+                upstream = (server.host, server.port)
+                server = stack.enter_context(
+                    LatencyProxy(Path(tmp) / f"{name}-path", upstream=upstream, delay=args.latency / 1000)
+                )
+            servers.append(server)
+        source, estuary = servers
+        bench = Bench(source, estuary, args, pids=pids)
         stack.callback(bench.close)
         try:
-            kinds: tuple[Kind, Kind] = ("baseline", "replicator")
-            drains = [bench.drain(kind, args.events) for _ in range(args.runs) for kind in kinds]
+            sizes: list[int | None] = args.batch_size or [None]
+            plan: list[tuple[Kind, int | None]] = [("baseline", None), *(("replicator", size) for size in sizes)]
+            drains = [
+                bench.drain(kind, args.events, run=run, batch_size=size)
+                for run in range(1, args.runs + 1)
+                for kind, size in plan
+            ]
             results["drains"] = [asdict(d) for d in drains]
-            results["summary"] = summarise(drains)
+            results["summary"] = {
+                str(size or _default("batch_size")): summarise(
+                    [d for d in drains if d.kind == "baseline" or d.batch_size == (size or _default("batch_size"))]
+                )
+                for size in sizes
+            }
             if args.scale_check:
                 results["scale_check"] = scale_check(bench, args.events)
             if args.profile:
-                for kind in kinds:
-                    bench.drain(kind, args.events, "profile")
+                for kind, size in plan[:2]:
+                    bench.drain(kind, args.events, "profile", batch_size=size)
                 results["profile"] = bench.profiles
         except BenchError as exc:
             print(f"error: {exc}", file=sys.stderr)

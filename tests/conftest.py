@@ -1,7 +1,8 @@
 """Fakes of our own interfaces (clock, token source, metrics reader) shared by the test modules.
 
 Stand-ins for what cannot run here (the managed identity endpoint, an OIDC-enforcing server) live in
-``localdev``; this file only holds in-memory fakes and small helpers.
+``localdev``; this file holds in-memory fakes, small helpers, and the fixtures that start what several modules share
+(the session's nx-27017, the scripted mockupdb change-stream source of ``tests/change_streams.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from bson.raw_bson import RawBSONDocument
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pymongo.collection import Collection
 
 from localdev.standins.nx import NxServer
 from localdev.standins.stack import LocalStack
@@ -30,6 +33,7 @@ from shared.position import CheckpointStore
 from shared.replicate import ReplayResult, Replicator, replay
 from shared.services import Services, build_services
 from shared.telemetry import AuthMetrics, ReplicationMetrics
+from tests.change_streams import ScriptedSource
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -174,6 +178,32 @@ def stack_config(stack: LocalStack, **stream_overrides: Any) -> dict[str, Any]:
         **stream_overrides,
     }
     return {"checkpoints": stack.entra_endpoint("replicator"), "streams": [stream]}
+
+
+# ---------------------------------------------------------------------------------------------- scripted source
+
+
+@pytest.fixture(scope="module")
+def scripted_server() -> Iterator[ScriptedSource]:
+    """One mockupdb change-stream source per test module (stopping one takes a second); tests take ``scripted``."""
+    started = ScriptedSource().start()
+    yield started
+    started.server.stop()
+
+
+@pytest.fixture
+def scripted(scripted_server: ScriptedSource) -> ScriptedSource:
+    """The module's scripted source, with fresh scripts."""
+    scripted_server.reset()
+    return scripted_server
+
+
+@pytest.fixture
+def scripted_collection(scripted: ScriptedSource) -> Iterator[Collection[RawBSONDocument]]:
+    """``shop.orders`` on the scripted source, read as raw BSON."""
+    factory = ClientFactory(client_options={"serverSelectionTimeoutMS": 5000})
+    yield factory.collection(MongoConfig(connection_uri=scripted.uri, database="shop", collection="orders"))
+    factory.close()
 
 
 # ---------------------------------------------------------------------------------------------- replication

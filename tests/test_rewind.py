@@ -8,17 +8,13 @@ a real nx-27017.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from bson import Timestamp
-from bson.raw_bson import RawBSONDocument
-from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from shared.auth.mongo_client import ClientFactory
-from shared.config import MongoConfig, ReplicatorConfig
+from shared.config import ReplicatorConfig
 from shared.position import Checkpoint
 from shared.replicate import Replicator
 from shared.streams import HistoryLostError, at_time, position_time, rewind_time
@@ -38,26 +34,6 @@ def event(token: str, _id: str, cluster_time: Timestamp) -> dict[str, Any]:
         "fullDocument": {"_id": _id, "from": token},
         "ns": {"db": "shop", "coll": "orders"},
     }
-
-
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[ScriptedSource]:
-    started = ScriptedSource().start()
-    yield started
-    started.server.stop()
-
-
-@pytest.fixture
-def scripted(scripted_server: ScriptedSource) -> ScriptedSource:
-    scripted_server.reset()
-    return scripted_server
-
-
-@pytest.fixture
-def scripted_collection(scripted: ScriptedSource) -> Iterator[Collection[RawBSONDocument]]:
-    factory = ClientFactory(client_options={"serverSelectionTimeoutMS": 5000})
-    yield factory.collection(MongoConfig(connection_uri=scripted.uri, database="shop", collection="orders"))
-    factory.close()
 
 
 # ------------------------------------------------------------------------------------------- the reader at a time

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,6 @@ from tests.conftest import FakeClock, Harness
 
 NOW = 1_800_000_500.0
 AT = Timestamp(1_800_000_000, 0)  # 2027-01-15 08:00:00 UTC
-
-
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[ScriptedSource]:
-    started = ScriptedSource().start()
-    yield started
-    started.server.stop()
-
-
-@pytest.fixture
-def scripted(scripted_server: ScriptedSource) -> ScriptedSource:
-    scripted_server.reset()
-    return scripted_server
 
 
 def config_for(harness: Harness, source: ScriptedSource) -> ReplicatorConfig:

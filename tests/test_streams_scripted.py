@@ -4,39 +4,12 @@ transient errors and reopening; what nx-27017 cannot produce, as the source of `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from bson.raw_bson import RawBSONDocument
-from pymongo.collection import Collection
 
-from shared.auth.mongo_client import ClientFactory
-from shared.config import MongoConfig
 from shared.errors import TransientError
 from shared.streams import HistoryLostError
-from tests.change_streams import T0, Answer, ScriptedSource, change, drain, ids, plain, reader_on
+from tests.change_streams import T0, Answer, change, drain, ids, plain, reader_on
 from tests.conftest import FakeClock
-
-
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[ScriptedSource]:
-    """One mock server for the module (stopping one takes a second); each test gets it with fresh scripts."""
-    started = ScriptedSource().start()
-    yield started
-    started.server.stop()
-
-
-@pytest.fixture
-def scripted(scripted_server: ScriptedSource) -> ScriptedSource:
-    scripted_server.reset()
-    return scripted_server
-
-
-@pytest.fixture
-def scripted_collection(scripted: ScriptedSource) -> Iterator[Collection[RawBSONDocument]]:
-    factory = ClientFactory(client_options={"serverSelectionTimeoutMS": 5000})
-    yield factory.collection(MongoConfig(connection_uri=scripted.uri, database="shop", collection="orders"))
-    factory.close()
 
 
 def test_the_position_should_move_only_when_a_batch_is_handed_out(scripted, scripted_collection):

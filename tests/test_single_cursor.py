@@ -5,13 +5,16 @@ nothing for a database- or cluster-level ``watch()``); the estuary and the check
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from bson import Timestamp
 from mockupdb import OpMsg
 
+from shared.cli import main
 from shared.config import ReplicatorConfig
 from shared.work_queue import pass_requests
 from tests.change_streams import CURSOR, Answer, ScriptedSource, plain
@@ -181,3 +184,17 @@ def test_single_cursor_settings_that_cannot_work_should_be_refused(
         stream[key] = {**stream[key], **value} if isinstance(value, dict) else value
     with pytest.raises(ValueError, match=re.escape(expected)):
         ReplicatorConfig.model_validate(data)
+
+
+def test_reset_at_a_time_should_check_the_database_stream_and_restart_the_whole_stream_there(
+    harness: Harness, wide: WideSource, tmp_path, capsys, restore_logging
+):
+    path = tmp_path / "replicator.yaml"
+    path.write_text(yaml.safe_dump(single_config(harness, wide).model_dump(mode="json")))
+    at = int(time.time()) - 600
+    assert main(["reset", "--config", str(path), "--stream", "shop", "--at", f"{at}:1"]) == 0
+    assert "shop: the next pass starts at" in capsys.readouterr().out
+    assert wide.databases == ["shop"]  # checked on the database's change stream, not on a collection
+    assert wide.opened[0]["startAtOperationTime"] == Timestamp(at, 1)
+    assert main(["reset", "--config", str(path), "--stream", "shop", "--collection", "orders", "--from", "now"]) == 2
+    assert "address it without --collection" in capsys.readouterr().err

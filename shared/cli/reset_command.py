@@ -16,6 +16,7 @@ from bson import Timestamp
 from shared.cli.common import EXIT_OK, Command, add_collection, add_config, age, ago, one_stream, services, utc
 from shared.replicate import reset_stream
 from shared.replicate.reset import gap_reason_at, reset_stream_at
+from shared.replicate.routing import watched
 from shared.streams import describe_time
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def execute_reset(args: argparse.Namespace) -> int:
         if at is None:
             checkpoint = reset_stream(stream, args.start, checkpoints=built.checkpoints)
         else:
-            source = built.clients.collection(stream.source)
+            source = watched(stream, built.clients)  # a single change stream's database or cluster too
             checkpoint = reset_stream_at(stream, at, checkpoints=built.checkpoints, source=source, clock=built.clock)
     if args.json:
         report: dict[str, Any] = {"stream": stream.name, "from": args.start or "time"}

@@ -19,12 +19,11 @@ from shared.telemetry import get_logger
 
 if TYPE_CHECKING:
     from bson import Timestamp
-    from bson.raw_bson import RawBSONDocument
-    from pymongo.collection import Collection
 
     from shared.clock import Clock
     from shared.config import StreamConfig
     from shared.position import Checkpoint, CheckpointStore, Held
+    from shared.streams import Watched
 
 ResetMode = Literal["now", "resnapshot"]
 
@@ -57,7 +56,7 @@ def reset_stream_at(
     at: Timestamp,
     *,
     checkpoints: CheckpointStore,
-    source: Collection[RawBSONDocument],
+    source: Watched,
     clock: Clock,
 ) -> Checkpoint:
     """Restart ``stream`` at cluster time ``at``: the next pass opens its change stream there (startAtOperationTime)

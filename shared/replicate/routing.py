@@ -76,7 +76,14 @@ def pass_ends(
             single, held=held, estuary=collections.collection, dead_letters=dead_letters, clock=clock, accepts=accept
         )
 
-    return Ends(single, watch_target(stream, collections.client(stream.source)), None, route)
+    return Ends(single, watched(stream, collections), None, route)
+
+
+def watched(stream: StreamConfig, collections: Collections) -> Watched:
+    """What ``stream``'s change stream is opened on: its collection, or its whole database or cluster."""
+    if stream.scope == "collection":
+        return collections.collection(stream.source)
+    return watch_target(stream, collections.client(stream.source))
 
 
 def watch_target(stream: StreamConfig, client: MongoClient[Any]) -> Database[RawBSONDocument] | _Cluster:

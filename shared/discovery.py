@@ -87,17 +87,16 @@ class Discovery:
         """The stream's collections now; with ``mark``, record drops and returns on their checkpoints."""
         result = Survey(stream.name)
         present = set(self._present(stream))
-        for member in sorted(present):
-            problem = stream.member_problem(member)
+        for name in sorted(present):
+            problem = stream.member_problem(name)
             if problem is None:
-                result.members.append(member)
-            elif scope.covers(member, stream.scope, stream.include, stream.exclude):
-                result.refused[member] = problem  # matches, but e.g. its estuary name would be too long
+                result.members.append(name)
+            elif scope.covers(name, stream.scope, stream.include, stream.exclude):
+                result.refused[name] = problem  # matches, but e.g. its estuary name would be too long
         for checkpoint in self._checkpoints.units(stream.name):
-            _, unit_member = scope.split_unit(checkpoint.stream)
-            if unit_member is None:
+            member = scope.split_unit(checkpoint.stream)[1]
+            if member is None:
                 continue
-            member = unit_member
             result.checkpoints[member] = checkpoint
             if not mark:
                 continue

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import bson
 import pytest
 from bson.raw_bson import RawBSONDocument
 from pymongo import monitoring
@@ -27,9 +28,9 @@ from shared.estuary import ApplyLanes, ApplyResult, EstuaryWriter, write_unorder
 from shared.lease import HeldLease
 from shared.position import CheckpointStore
 from shared.replicate.outcome import PassResult, PassTimer, StreamHaltedError
-from shared.replicate.streaming import Streamer, open_reader
+from shared.replicate.streaming import READ_AHEAD_MAX_BYTES, Streamer, open_reader, reads_ahead
 from shared.services import build_services
-from shared.streams import HistoryLostError
+from shared.streams import Batch, HistoryLostError
 from tests.change_streams import T0, Answer, ScriptedSource, change, plain
 from tests.conftest import Harness
 
@@ -296,3 +297,19 @@ def test_a_history_lost_while_reading_ahead_should_surface_after_the_batch_befor
     assert run.writer.applied == ["a", "b"]  # c was read, but its batch never completed
     assert run.position() == {"_data": "t2"}
     assert read_threads() == []
+
+
+# ---------------------------------------------------------------------------------------------- when to read ahead
+
+
+def test_the_next_batch_should_be_read_ahead_unless_this_one_ends_at_a_lifecycle_event_or_holds_too_many_bytes():
+    def event(i: int, pad: int = 0) -> RawBSONDocument:
+        return RawBSONDocument(bson.encode({"_id": {"_data": f"t{i}"}, "operationType": "insert", "pad": b"x" * pad}))
+
+    small = [event(i) for i in range(3)]
+    assert reads_ahead(Batch(events=small))
+    assert not reads_ahead(Batch())  # nothing to write: the next read happens now
+    assert not reads_ahead(Batch(events=small, lifecycle=event(9)))  # its policy may move the reader first
+    piece = READ_AHEAD_MAX_BYTES // 4
+    assert reads_ahead(Batch(events=[event(i, piece - 100) for i in range(4)]))
+    assert not reads_ahead(Batch(events=[event(i, piece) for i in range(4)]))  # memory: one batch and that much

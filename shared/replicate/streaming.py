@@ -7,7 +7,8 @@ moves past it. A lost resume token is not handled here: ``HistoryLostError`` goe
 ``on_history_lost`` policy decides.
 
 Reading and writing overlap: while the pass thread writes a batch, a helper thread reads the next one (one batch
-ahead, so memory stays bounded); the estuary and the source work at the same time instead of in turns. The pass
+ahead; after a batch of more than ``READ_AHEAD_MAX_BYTES`` the next is read only once it is written, so memory stays
+within one batch and that much); the estuary and the source work at the same time instead of in turns. The pass
 thread alone renews the lease and saves the position, after the estuary acknowledged; what the helper read (a
 batch, a lifecycle event, a lost history) reaches the pass thread in order, after the batch before it was applied.
 """
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 IDLE_SAVE_INTERVAL = 5.0  # seconds between checkpoint writes of the post-batch token while no events arrive
 _RENEW_MARGIN = 2.0  # seconds of lease kept beyond write_timeout when a write starts
+READ_AHEAD_MAX_BYTES = 64 * 1024 * 1024  # a batch of more event bytes is written before the next one is read
 
 _log = get_logger(__name__)
 
@@ -109,8 +111,7 @@ class Streamer:
     def run(self, timer: PassTimer) -> TimeOutcome:
         """Stream until ``timer`` ends the pass; raises ``HistoryLostError`` and ``StreamHaltedError``.
 
-        Each batch with events starts the read of the next one before it is written; a lifecycle event waits for its
-        policy (which may move or reopen the reader) before anything more is read. When the pass ends with a read
+        A batch starts the read of the next one before it is written (``reads_ahead``). When the pass ends with a read
         still in flight, its batch is dropped unapplied and the reader goes back to the last applied position.
         """
         name = self._stream.name
@@ -122,7 +123,7 @@ class Streamer:
             while not timer.expired(active_at):
                 batch = ahead.take()
                 start_after = self._reader.start_after  # of this batch's position: nothing is being read now
-                if batch.events and batch.lifecycle is None:
+                if reads_ahead(batch):
                     resume_from = (self._reader.position, start_after)
                     ahead.start()
                 if batch.events:
@@ -219,6 +220,14 @@ class Streamer:
         )
         self._reader.skip_to(event, start_after=kind == "invalidate")
         self._save(Batch(resume_token=event["_id"]), kind="lifecycle", start_after=self._reader.start_after)
+
+
+def reads_ahead(batch: Batch) -> bool:
+    """Whether the next batch is read while ``batch`` is written: not after a lifecycle event (its policy may move or
+    reopen the reader first), nor after more than ``READ_AHEAD_MAX_BYTES`` of events."""
+    if not batch.events or batch.lifecycle is not None:
+        return False
+    return sum(len(event.raw) for event in batch.events) <= READ_AHEAD_MAX_BYTES
 
 
 class _ReadAhead:

@@ -23,7 +23,6 @@ from pymongo.collection import Collection
 
 from shared.auth.mongo_client import ClientFactory
 from shared.clock import SystemClock
-from shared.config import MongoConfig
 from shared.estuary import ApplyLanes, ApplyResult, EstuaryWriter, write_unordered
 from shared.lease import HeldLease
 from shared.position import CheckpointStore
@@ -31,7 +30,7 @@ from shared.replicate.outcome import PassResult, PassTimer, StreamHaltedError
 from shared.replicate.streaming import READ_AHEAD_MAX_BYTES, Streamer, open_reader, reads_ahead
 from shared.services import build_services
 from shared.streams import Batch, HistoryLostError
-from tests.change_streams import T0, Answer, ScriptedSource, change, plain
+from tests.change_streams import T0, Answer, change, plain
 from tests.conftest import Harness
 
 Before = Callable[[int, Sequence[RawBSONDocument]], None]
@@ -248,35 +247,17 @@ def test_an_error_while_writing_should_stop_the_read_ahead_and_leave_the_positio
 
 
 # ---------------------------------------------------------------------------------------------- scripted source
-
-
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[ScriptedSource]:
-    started = ScriptedSource().start()
-    yield started
-    started.server.stop()
-
-
-@pytest.fixture
-def scripted(scripted_server: ScriptedSource, factory: ClientFactory) -> tuple[ScriptedSource, Any]:
-    scripted_server.reset()
-    return scripted_server, factory.collection(
-        MongoConfig(connection_uri=scripted_server.uri, database="shop", collection="orders")
-    )
-
-
 def never(call: int, events: Sequence[RawBSONDocument]) -> None:
     pass
 
 
 def test_a_lifecycle_event_read_ahead_should_be_handled_after_the_batches_before_it_were_applied(
-    harness, factory, scripted
+    harness, factory, scripted, scripted_collection
 ):
-    server, source = scripted
-    server.aggregates = [
+    scripted.aggregates = [
         Answer([change("t1", _id="a"), change("t2", _id="b"), change("t3", _id="c"), change("t4", "drop")])
     ]
-    run = streaming(harness, factory, never, source=source, start=T0, batch_size=2)
+    run = streaming(harness, factory, never, source=scripted_collection, start=T0, batch_size=2)
     with pytest.raises(StreamHaltedError, match="'drop'"):
         run.run()
     assert run.writer.applied == ["a", "b", "c"]
@@ -286,12 +267,11 @@ def test_a_lifecycle_event_read_ahead_should_be_handled_after_the_batches_before
 
 
 def test_a_history_lost_while_reading_ahead_should_surface_after_the_batch_before_it_was_applied_and_saved(
-    harness, factory, scripted
+    harness, factory, scripted, scripted_collection
 ):
-    server, source = scripted
-    server.aggregates = [Answer([change("t1", _id="a"), change("t2", _id="b"), change("t3", _id="c")])]
-    server.get_mores = [Answer(code=286, message="Resume of change stream was not possible")]
-    run = streaming(harness, factory, never, source=source, start=T0, batch_size=2)
+    scripted.aggregates = [Answer([change("t1", _id="a"), change("t2", _id="b"), change("t3", _id="c")])]
+    scripted.get_mores = [Answer(code=286, message="Resume of change stream was not possible")]
+    run = streaming(harness, factory, never, source=scripted_collection, start=T0, batch_size=2)
     with pytest.raises(HistoryLostError):
         run.run()
     assert run.writer.applied == ["a", "b"]  # c was read, but its batch never completed

@@ -86,7 +86,7 @@ class StreamConfig(BaseModel):
     full_document: FullDocument = Field(
         "updateLookup", description="Post-image for update events (DocumentDB sends it on updates in any case)."
     )
-    batch_size: int = Field(500, ge=1, le=10_000, description="Most events applied (and checkpointed) at once.")
+    batch_size: int = Field(1000, ge=1, le=10_000, description="Most events applied (and checkpointed) at once.")
     apply_concurrency: int = Field(
         1,
         ge=1,
